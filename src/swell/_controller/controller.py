@@ -1,0 +1,358 @@
+"""The controller: compares what should run with what runs, and acts through two interfaces.
+
+It is never on the request path. It starts and stops replicas through the engine, and adds,
+drains and removes them in HAProxy through the ingress manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from swell._controller.deployment_state import DeploymentState, DeploymentStatus, ReplicaState
+from swell._engines.base import Engine, ReplicaRuntime, ReplicaStartupError
+from swell._spec import CallableRef, ReplicaSpec
+from swell.config import DeploymentConfig
+
+logger = logging.getLogger("swell.controller")
+
+_TICK_S = 0.1
+_HEALTH_PATH = "/-/swell/health"
+
+
+class IngressManager(Protocol):
+    """What the controller needs from the ingress (HAProxy)."""
+
+    async def set_route(self, app_name: str, route_prefix: str) -> None: ...
+    async def remove_route(self, app_name: str) -> None: ...
+    async def add_server(
+        self, app_name: str, server_name: str, address: str, maxconn: int
+    ) -> None: ...
+    async def drain_server(self, app_name: str, server_name: str) -> None: ...
+    async def remove_server(self, app_name: str, server_name: str) -> None: ...
+    async def sessions(self, app_name: str) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class DeploymentTarget:
+    """One deployment as it should run: code, constructor arguments, options."""
+
+    name: str
+    ref: CallableRef
+    init_args: bytes
+    config: DeploymentConfig
+    is_ingress: bool
+    version: str
+
+
+@dataclass
+class _Deployment:
+    target: DeploymentTarget
+    state: DeploymentState
+    runtimes: dict[str, ReplicaRuntime] = field(default_factory=dict)
+
+
+@dataclass
+class _App:
+    name: str
+    route_prefix: str | None
+    deployments: dict[str, _Deployment]
+    deployed_at: float
+
+
+class Controller:
+    """Owns the desired state of every application and drives replicas towards it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        ingress: IngressManager,
+        sys_path: list[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._ingress = ingress
+        self._sys_path = sys_path
+        self._clock = clock
+        self._apps: dict[str, _App] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._http = httpx.AsyncClient()
+        self.cluster_token = secrets.token_hex(16)
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(
+            self._run(), name="swell-controller-reconcile"
+        )
+
+    async def shutdown(self) -> None:
+        """Stop every replica (in-flight requests finish), then forget everything."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        stops = []
+        for app in self._apps.values():
+            for deployment in app.deployments.values():
+                for replica_id, runtime in list(deployment.runtimes.items()):
+                    timeout = deployment.target.config.graceful_shutdown_timeout_s
+                    deployment.state.on_stopping(replica_id)
+                    stops.append(runtime.stop(timeout))
+        await asyncio.gather(*stops, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._apps.clear()
+        await self._engine.shutdown()
+        await self._http.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Every background task has a name and an owner, and its crash is logged."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("controller task %s crashed", name)
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._reconcile()
+            except Exception:
+                logger.exception("reconcile step failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _TICK_S)
+
+    # Desired state ------------------------------------------------------------------------
+
+    async def deploy_app(
+        self, name: str, route_prefix: str | None, targets: list[DeploymentTarget]
+    ) -> None:
+        """Set an application's desired state. Replicas start on the next tick."""
+        existing = self._apps.get(name)
+        if existing is not None:
+            await self.delete_app(name)
+        deployments = {
+            t.name: _Deployment(
+                t,
+                DeploymentState(t.name, t.config.target_replicas(), t.config.health_check_period_s),
+            )
+            for t in targets
+        }
+        self._apps[name] = _App(name, route_prefix, deployments, time.time())
+        if route_prefix is not None:
+            await self._ingress.set_route(name, route_prefix)
+        self._wake.set()
+
+    async def delete_app(self, name: str) -> None:
+        """Drain and stop every replica of the app, then drop its route."""
+        app = self._apps.pop(name, None)
+        if app is None:
+            return
+        stops = [
+            self._stop_replica(app, deployment, replica_id)
+            for deployment in app.deployments.values()
+            for replica_id in list(deployment.runtimes)
+        ]
+        await asyncio.gather(*stops, return_exceptions=True)
+        if app.route_prefix is not None:
+            await self._ingress.remove_route(name)
+
+    # The reconcile step -------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        now = self._clock()
+        for app in self._apps.values():
+            for deployment in app.deployments.values():
+                plan = deployment.state.plan(now)
+                for _ in range(plan.start):
+                    self._start_replica(app, deployment)
+                for replica_id in plan.stop:
+                    deployment.state.on_stopping(replica_id)
+                    self._spawn(
+                        self._stop_replica(app, deployment, replica_id),
+                        f"swell-stop-{replica_id}",
+                    )
+                for replica_id in plan.check_health:
+                    deployment.state.on_health_check_started(replica_id, now)
+                    self._spawn(
+                        self._check_health(deployment, replica_id), f"swell-health-{replica_id}"
+                    )
+
+    def _start_replica(self, app: _App, deployment: _Deployment) -> None:
+        target = deployment.target
+        replica_id = f"{target.name}-{secrets.token_hex(4)}"
+        spec = ReplicaSpec(
+            replica_id=replica_id,
+            app_name=app.name,
+            deployment_name=target.name,
+            route_prefix=app.route_prefix if target.is_ingress else None,
+            deployment_ref=target.ref,
+            init_args=target.init_args,
+            config=target.config,
+            version=target.version,
+            sys_path=self._sys_path,
+            cluster_token=self.cluster_token,
+        )
+        deployment.state.on_started(replica_id, self._clock())
+        self._spawn(self._bring_up(app, deployment, spec), f"swell-start-{replica_id}")
+
+    async def _bring_up(self, app: _App, deployment: _Deployment, spec: ReplicaSpec) -> None:
+        replica_id = spec.replica_id
+        try:
+            runtime = await self._engine.start_replica(spec)
+        except Exception as error:
+            deployment.state.on_start_failed(replica_id, f"could not start: {error}", self._clock())
+            return
+        deployment.runtimes[replica_id] = runtime
+        record = deployment.state.replicas.get(replica_id)
+        if record is not None:
+            record.pid = runtime.pid
+        try:
+            ready = await runtime.wait_ready()
+        except ReplicaStartupError as error:
+            deployment.runtimes.pop(replica_id, None)
+            deployment.state.on_start_failed(replica_id, error.detail, self._clock())
+            logger.error("replica %s failed to start:\n%s", replica_id, error.detail)
+            self._wake.set()
+            return
+        if deployment.target.is_ingress and app.route_prefix is not None:
+            await self._ingress.add_server(
+                app.name, replica_id, ready.address, deployment.target.config.max_ongoing_requests
+            )
+        deployment.state.on_ready(replica_id, ready.address, ready.pid, self._clock())
+        self._spawn(self._watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
+
+    async def _watch_exit(
+        self, app: _App, deployment: _Deployment, runtime: ReplicaRuntime
+    ) -> None:
+        status = await runtime.wait_exit()
+        replica_id = runtime.replica_id
+        record = deployment.state.replicas.get(replica_id)
+        if record is None or record.state is ReplicaState.STOPPING:
+            return
+        logger.warning("replica %s exited unexpectedly with status %s", replica_id, status)
+        deployment.runtimes.pop(replica_id, None)
+        deployment.state.on_died(replica_id, f"replica {replica_id} exited with status {status}")
+        if deployment.target.is_ingress and app.route_prefix is not None:
+            await self._ingress.remove_server(app.name, replica_id)
+        self._wake.set()
+
+    async def _stop_replica(self, app: _App, deployment: _Deployment, replica_id: str) -> None:
+        """Drain in HAProxy, wait for in-flight requests (bounded), then stop the process."""
+        config = deployment.target.config
+        deployment.state.on_stopping(replica_id)
+        runtime = deployment.runtimes.get(replica_id)
+        in_ingress = deployment.target.is_ingress and app.route_prefix is not None
+        if in_ingress:
+            with contextlib.suppress(Exception):
+                await self._ingress.drain_server(app.name, replica_id)
+                deadline = self._clock() + config.graceful_shutdown_timeout_s
+                while self._clock() < deadline:
+                    sessions = await self._ingress.sessions(app.name)
+                    if sessions.get(replica_id, 0) == 0:
+                        break
+                    await asyncio.sleep(config.graceful_shutdown_wait_loop_s)
+            with contextlib.suppress(Exception):
+                await self._ingress.remove_server(app.name, replica_id)
+        if runtime is not None:
+            await runtime.stop(config.graceful_shutdown_timeout_s)
+        deployment.runtimes.pop(replica_id, None)
+        deployment.state.on_stopped(replica_id)
+        self._wake.set()
+
+    async def _check_health(self, deployment: _Deployment, replica_id: str) -> None:
+        record = deployment.state.replicas.get(replica_id)
+        if record is None or record.address is None:
+            return
+        timeout = deployment.target.config.health_check_timeout_s
+        try:
+            response = await self._http.get(
+                f"http://{record.address}{_HEALTH_PATH}", timeout=timeout
+            )
+            ok, detail = response.status_code == 200, response.text
+        except httpx.HTTPError as error:
+            ok, detail = False, f"{type(error).__name__}: {error}"
+        deployment.state.on_health_result(replica_id, ok, detail)
+        if not ok:
+            self._wake.set()
+
+    # Observed state -----------------------------------------------------------------------
+
+    def app_statuses(self) -> dict[str, DeploymentStatus]:
+        """The worst deployment status of each application."""
+        order = [
+            DeploymentStatus.DEPLOY_FAILED,
+            DeploymentStatus.UNHEALTHY,
+            DeploymentStatus.DEPLOYING,
+            DeploymentStatus.HEALTHY,
+        ]
+        result = {}
+        for app in self._apps.values():
+            statuses = [d.state.status()[0] for d in app.deployments.values()]
+            result[app.name] = min(statuses, key=order.index)
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """Applications, deployments and replicas, shaped like Ray Serve's REST API."""
+        app_status_names = {
+            DeploymentStatus.HEALTHY: "RUNNING",
+            DeploymentStatus.DEPLOYING: "DEPLOYING",
+            DeploymentStatus.UNHEALTHY: "UNHEALTHY",
+            DeploymentStatus.DEPLOY_FAILED: "DEPLOY_FAILED",
+        }
+        app_statuses = self.app_statuses()
+        applications: dict[str, Any] = {}
+        for app in self._apps.values():
+            deployments: dict[str, Any] = {}
+            messages = []
+            for name, deployment in app.deployments.items():
+                status, message = deployment.state.status()
+                if message and status is not DeploymentStatus.HEALTHY:
+                    messages.append(f"Deployment '{name}': {message}")
+                deployments[name] = {
+                    "name": name,
+                    "status": status.value,
+                    "message": message if status is not DeploymentStatus.HEALTHY else "",
+                    "target_replicas": deployment.state.target,
+                    "replica_states": deployment.state.replica_counts(),
+                    "deployment_config": deployment.target.config.model_dump(mode="json"),
+                    "replicas": [
+                        {
+                            "replica_id": r.replica_id,
+                            "state": r.state.value,
+                            "pid": r.pid,
+                            "address": r.address,
+                        }
+                        for r in deployment.state.replicas.values()
+                    ],
+                }
+            applications[app.name] = {
+                "name": app.name,
+                "route_prefix": app.route_prefix,
+                "status": app_status_names[app_statuses[app.name]],
+                "message": "\n".join(messages),
+                "last_deployed_time_s": app.deployed_at,
+                "deployments": deployments,
+            }
+        return {"controller_info": {"pid": os.getpid()}, "applications": applications}

@@ -1,0 +1,178 @@
+"""One deployment's replicas as the controller sees them: pure state, no I/O, no clock.
+
+The controller feeds events in (started, ready, failed, died, health results) with the time,
+and asks ``plan(now)`` what to do next. Unit tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 30.0
+FAILED_AFTER_ATTEMPTS = 3
+UNHEALTHY_AFTER_FAILED_CHECKS = 3
+
+
+class ReplicaState(StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+
+
+class DeploymentStatus(StrEnum):
+    DEPLOYING = "DEPLOYING"
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    DEPLOY_FAILED = "DEPLOY_FAILED"
+
+
+@dataclass
+class ReplicaRecord:
+    replica_id: str
+    state: ReplicaState
+    started_at: float
+    address: str | None = None
+    pid: int | None = None
+    last_health_check_at: float = 0.0
+    health_check_in_flight: bool = False
+    failed_health_checks: int = 0
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do now: start this many replicas, stop these, health-check those."""
+
+    start: int = 0
+    stop: tuple[str, ...] = ()
+    check_health: tuple[str, ...] = ()
+
+
+@dataclass
+class DeploymentState:
+    name: str
+    target: int
+    health_check_period_s: float
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
+    failed_attempts: int = 0
+    retry_at: float = 0.0
+    last_error: str | None = None
+    ever_healthy: bool = False
+
+    # Events -------------------------------------------------------------------------------
+
+    def on_started(self, replica_id: str, now: float, pid: int | None = None) -> None:
+        self.replicas[replica_id] = ReplicaRecord(replica_id, ReplicaState.STARTING, now, pid=pid)
+
+    def on_ready(self, replica_id: str, address: str, pid: int, now: float) -> None:
+        record = self.replicas.get(replica_id)
+        if record is None or record.state is not ReplicaState.STARTING:
+            return
+        record.state = ReplicaState.RUNNING
+        record.address = address
+        record.pid = pid
+        record.last_health_check_at = now
+        self.failed_attempts = 0
+        self.retry_at = 0.0
+        if self.running_count() >= self.target:
+            self.ever_healthy = True
+
+    def on_start_failed(self, replica_id: str, error: str, now: float) -> None:
+        """The constructor raised or the process died first: back off before the next try."""
+        self.replicas.pop(replica_id, None)
+        self.failed_attempts += 1
+        self.last_error = error
+        delay = min(BACKOFF_BASE_S * 2 ** (self.failed_attempts - 1), BACKOFF_MAX_S)
+        self.retry_at = now + delay
+
+    def on_died(self, replica_id: str, detail: str) -> None:
+        """A replica that was running exited on its own: replace it at once."""
+        if self.replicas.pop(replica_id, None) is not None:
+            self.last_error = detail
+
+    def on_stopping(self, replica_id: str) -> None:
+        record = self.replicas.get(replica_id)
+        if record is not None:
+            record.state = ReplicaState.STOPPING
+
+    def on_stopped(self, replica_id: str) -> None:
+        self.replicas.pop(replica_id, None)
+
+    def on_health_check_started(self, replica_id: str, now: float) -> None:
+        record = self.replicas.get(replica_id)
+        if record is not None:
+            record.health_check_in_flight = True
+            record.last_health_check_at = now
+
+    def on_health_result(self, replica_id: str, ok: bool, detail: str = "") -> None:
+        record = self.replicas.get(replica_id)
+        if record is None:
+            return
+        record.health_check_in_flight = False
+        if ok:
+            record.failed_health_checks = 0
+            return
+        record.failed_health_checks += 1
+        if record.failed_health_checks >= UNHEALTHY_AFTER_FAILED_CHECKS:
+            record.replace = True
+            self.last_error = f"replica {replica_id} failed its health check: {detail}"
+
+    # Decisions ----------------------------------------------------------------------------
+
+    def running_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.state is ReplicaState.RUNNING)
+
+    def plan(self, now: float) -> Plan:
+        stop = [
+            r.replica_id
+            for r in self.replicas.values()
+            if r.replace and r.state is not ReplicaState.STOPPING
+        ]
+        live = [
+            r
+            for r in self.replicas.values()
+            if r.state is not ReplicaState.STOPPING and not r.replace
+        ]
+        start = 0
+        if len(live) < self.target:
+            if now >= self.retry_at:
+                # While a constructor keeps failing, try one replica at a time.
+                start = self.target - len(live) if self.failed_attempts == 0 else 1
+                if self.failed_attempts and any(r.state is ReplicaState.STARTING for r in live):
+                    start = 0
+        elif len(live) > self.target:
+            # Stop replicas that are not serving yet first, then the newest.
+            surplus = sorted(live, key=lambda r: (r.state is ReplicaState.RUNNING, -r.started_at))
+            stop += [r.replica_id for r in surplus[: len(live) - self.target]]
+        check = tuple(
+            r.replica_id
+            for r in live
+            if r.state is ReplicaState.RUNNING
+            and not r.health_check_in_flight
+            and now - r.last_health_check_at >= self.health_check_period_s
+        )
+        return Plan(start=start, stop=tuple(stop), check_health=check)
+
+    def status(self) -> tuple[DeploymentStatus, str]:
+        running = self.running_count()
+        if running >= self.target and not any(
+            r.state is ReplicaState.STARTING for r in self.replicas.values()
+        ):
+            return DeploymentStatus.HEALTHY, ""
+        message = self.last_error or ""
+        if running == 0 and self.failed_attempts >= FAILED_AFTER_ATTEMPTS:
+            return DeploymentStatus.DEPLOY_FAILED, (
+                f"{self.failed_attempts} attempts to start a replica failed; retrying with "
+                f"backoff. Last error:\n{message}"
+            )
+        if self.ever_healthy:
+            return DeploymentStatus.UNHEALTHY, message
+        return DeploymentStatus.DEPLOYING, message
+
+    def replica_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.replicas.values():
+            counts[record.state.value] = counts.get(record.state.value, 0) + 1
+        return counts

@@ -1,0 +1,155 @@
+"""A running swell instance in this process: controller, HAProxy and admin API on one thread.
+
+The thread owns its own event loop; the public API talks to it with ``call()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+
+from swell._controller.admin_api import build_admin_app
+from swell._controller.controller import Controller
+from swell._engines.local import LocalEngine
+from swell._ingress.haproxy_manager import HAProxyManager, ensure_port_free
+from swell.config import ControllerOptions, HTTPOptions
+
+T = TypeVar("T")
+
+_START_DEADLINE_S = 60.0
+_STOP_DEADLINE_S = 120.0
+
+
+class SwellInstance:
+    """Starts, serves and stops everything one ``swell.run``/``swell run`` needs."""
+
+    def __init__(self, http_options: HTTPOptions, controller_options: ControllerOptions) -> None:
+        self.http_options = http_options
+        self.controller_options = controller_options
+        self._thread = threading.Thread(
+            target=self._thread_main, name="swell-controller", daemon=True
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self.controller: Controller | None = None
+        self.ingress: HAProxyManager | None = None
+        self.admin_port: int | None = None
+
+    # Called from the user's thread --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._started.wait(_START_DEADLINE_S):
+            raise TimeoutError(f"swell did not start within {_START_DEADLINE_S}s")
+        if self._start_error is not None:
+            self._thread.join(_STOP_DEADLINE_S)
+            raise self._start_error
+
+    def call(self, make: Callable[[Controller], Coroutine[Any, Any, T]], timeout: float) -> T:
+        """Run a coroutine on the controller's loop and wait for its result."""
+        assert self._loop is not None and self.controller is not None
+        future = asyncio.run_coroutine_threadsafe(make(self.controller), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the controller did not answer within {timeout}s") from None
+
+    def status(self) -> dict[str, Any]:
+        async def read(controller: Controller) -> dict[str, Any]:
+            return self._full_status(controller)
+
+        return self.call(read, 10.0)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(_STOP_DEADLINE_S)
+
+    # On the controller's thread -----------------------------------------------------------
+
+    def _full_status(self, controller: Controller) -> dict[str, Any]:
+        status = controller.status()
+        ingress = self.ingress
+        assert ingress is not None
+        status["proxies"] = {
+            socket.gethostname(): {
+                "status": "HEALTHY",
+                "pid": ingress.pid,
+                "address": ingress.address,
+                "haproxy_binary": ingress.binary,
+                "haproxy_version": ingress.version,
+            }
+        }
+        status["http_options"] = self.http_options.model_dump(mode="json")
+        status["admin_port"] = self.admin_port
+        return status
+
+    def _thread_main(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runtime_dir = Path(tempfile.mkdtemp(prefix="swell-"))
+        engine = LocalEngine()
+        admin_server: uvicorn.Server | None = None
+        admin_task: asyncio.Task[None] | None = None
+        try:
+            try:
+                ensure_port_free(
+                    self.controller_options.admin_host,
+                    self.controller_options.admin_port,
+                    "the admin API (--admin-port)",
+                )
+                self.ingress = HAProxyManager(self.http_options, runtime_dir)
+                await self.ingress.start()
+                self.controller = Controller(engine, self.ingress, list(sys.path))
+                self.controller.start()
+                admin_server, admin_task = await self._start_admin_api(self.controller)
+            except BaseException as error:
+                self._start_error = error
+                return
+            finally:
+                self._started.set()
+            await self._stop.wait()
+        finally:
+            if self.controller is not None:
+                await self.controller.shutdown()
+            if self.ingress is not None:
+                await self.ingress.stop()
+            if admin_server is not None and admin_task is not None:
+                admin_server.should_exit = True
+                await asyncio.wait_for(admin_task, 10.0)
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+
+    async def _start_admin_api(
+        self, controller: Controller
+    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+        options = self.controller_options
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((options.admin_host, options.admin_port))
+        self.admin_port = sock.getsockname()[1]
+        app = build_admin_app(lambda: self._full_status(controller))
+        config = uvicorn.Config(
+            app, loop="none", lifespan="off", access_log=False, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        # uvicorn leaves signal handlers alone off the main thread, which this is.
+        task = asyncio.get_running_loop().create_task(
+            server.serve(sockets=[sock]), name="swell-admin-api"
+        )
+        return server, task

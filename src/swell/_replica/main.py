@@ -1,0 +1,123 @@
+"""Entry point of one replica process: ``python -m swell._replica.main EVENTS_FD``.
+
+The controller writes a pickled ReplicaSpec to stdin and keeps stdin open as a lifeline: when
+it reads EOF (the controller is gone), the replica shuts down. Lifecycle events (ready, failed)
+go back as JSON lines on the inherited EVENTS_FD pipe, so user prints cannot garble them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any
+
+import cloudpickle
+
+
+def _read_spec() -> Any:
+    header = sys.stdin.buffer.read(8)
+    (length,) = struct.unpack("!Q", header)
+    return cloudpickle.loads(sys.stdin.buffer.read(length))
+
+
+def _emit(events_fd: int, event: dict[str, Any]) -> None:
+    os.write(events_fd, (json.dumps(event) + "\n").encode())
+
+
+async def _serve(spec: Any, events_fd: int) -> int:
+    import uvicorn
+
+    from swell._context import ReplicaContext, set_replica_context
+    from swell._replica.fastapi_view import bind_routes_to_instance
+    from swell._replica.server import ReplicaASGI
+    from swell._replica.user_callable import UserCallable
+    from swell.deployment import Deployment
+
+    try:
+        loaded = spec.deployment_ref.load()
+        target = loaded.func_or_class if isinstance(loaded, Deployment) else loaded
+        ingress_app = getattr(target, "__swell_ingress_app__", None)
+        is_class = isinstance(target, type)
+        user = UserCallable(target, is_class)
+        args, kwargs = cloudpickle.loads(spec.init_args)
+        await user.construct(args, kwargs)
+        set_replica_context(
+            ReplicaContext(spec.app_name, spec.deployment_name, spec.replica_id, user.instance)
+        )
+        if spec.config.user_config is not None:
+            await user.reconfigure(spec.config.user_config)
+        await asyncio.wait_for(user.check_health(), spec.config.health_check_timeout_s)
+        if ingress_app is not None and isinstance(target, type):
+            bind_routes_to_instance(ingress_app, target, user.instance)
+    except BaseException:
+        _emit(events_fd, {"event": "failed", "error": traceback.format_exc()})
+        return 1
+
+    app = ReplicaASGI(user, spec.route_prefix, ingress_app, spec.config.health_check_timeout_s)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((spec.host, 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        http="httptools",
+        lifespan="on" if ingress_app is not None else "off",
+        access_log=False,
+        log_level="warning",
+        # Longer than HAProxy keeps idle pooled connections, so HAProxy always closes first.
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=spec.config.graceful_shutdown_timeout_s or None,
+        server_header=False,
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+
+    def begin_shutdown() -> None:
+        app.draining = True
+        server.should_exit = True
+
+    def on_lifeline_readable() -> None:
+        if not os.read(0, 4096):  # EOF: the controller is gone
+            loop.remove_reader(0)
+            begin_shutdown()
+
+    loop.add_reader(0, on_lifeline_readable)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="swell-replica-http")
+    while not server.started:
+        if serving.done():
+            _emit(events_fd, {"event": "failed", "error": "the HTTP server stopped at start"})
+            return 1
+        await asyncio.sleep(0.005)
+    # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, begin_shutdown)
+    _emit(events_fd, {"event": "ready", "port": port, "pid": os.getpid()})
+    await serving
+    return 0
+
+
+def main() -> None:
+    events_fd = int(sys.argv[1])
+    spec = _read_spec()
+    for entry in reversed(spec.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        import uvloop
+
+        code = uvloop.run(_serve(spec, events_fd))
+    except ImportError:
+        code = asyncio.run(_serve(spec, events_fd))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

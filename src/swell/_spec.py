@@ -1,0 +1,65 @@
+"""What the controller hands a replica process to start it: picklable, self-contained."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from swell.config import DeploymentConfig
+
+
+@dataclass(frozen=True)
+class CallableRef:
+    """Where a replica finds its deployment: a module attribute, or pickled bytes."""
+
+    module: str | None = None
+    attribute: str | None = None
+    pickled: bytes | None = None
+
+    def load(self) -> Any:
+        if self.pickled is not None:
+            return cloudpickle.loads(self.pickled)
+        assert self.module is not None and self.attribute is not None
+        target: Any = importlib.import_module(self.module)
+        for part in self.attribute.split("."):
+            target = getattr(target, part)
+        return target
+
+
+def reference_to(obj: Any, fallback: Any) -> CallableRef:
+    """Refer to ``obj`` by module and name when a fresh process can import it, else pickle."""
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    module = sys.modules.get(module_name or "")
+    if module is not None and module_name != "__main__" and qualname and "<" not in qualname:
+        target: Any = module
+        for part in qualname.split("."):
+            target = getattr(target, part, None)
+        if target is fallback or target is obj:
+            return CallableRef(module=module_name, attribute=qualname)
+    return CallableRef(pickled=cloudpickle.dumps(fallback))
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything one replica needs; sent to the process on its stdin."""
+
+    replica_id: str
+    app_name: str
+    deployment_name: str
+    route_prefix: str | None
+    deployment_ref: CallableRef
+    init_args: bytes
+    config: DeploymentConfig
+    version: str
+    host: str = "127.0.0.1"
+    sys_path: list[str] = field(default_factory=list)
+    cluster_token: str = ""
+
+    def dumps(self) -> bytes:
+        payload: bytes = cloudpickle.dumps(self)
+        return payload

@@ -1,0 +1,261 @@
+"""The public functions: Ray Serve's names, swell's engine underneath."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import cloudpickle
+import httpx
+
+from swell._context import ReplicaContext
+from swell._context import get_replica_context as _get_replica_context
+from swell._controller.controller import Controller, DeploymentTarget
+from swell._instance import SwellInstance
+from swell._spec import reference_to
+from swell.config import (
+    ControllerOptions,
+    HTTPOptions,
+    RunOptions,
+    validate_deployment_options,
+    validate_model,
+)
+from swell.deployment import INGRESS_APP_ATTRIBUTE, Application, Deployment
+from swell.exceptions import ConfigError, ControllerUnavailableError, DeploymentFailedError
+from swell.serve_status import ServeStatus
+
+C = TypeVar("C")
+
+_STATUS_POLL_S = 0.05
+_CONTROLLER_CALL_TIMEOUT_S = 120.0
+
+_instance: SwellInstance | None = None
+_instance_lock = threading.Lock()
+
+
+# Declaring deployments -------------------------------------------------------------------
+
+
+@overload
+def deployment(_func_or_class: Callable[..., Any], /) -> Deployment: ...
+
+
+@overload
+def deployment(
+    _func_or_class: None = None, /, **options: Any
+) -> Callable[[Callable[..., Any]], Deployment]: ...
+
+
+def deployment(
+    _func_or_class: Callable[..., Any] | None = None, /, **options: Any
+) -> Deployment | Callable[[Callable[..., Any]], Deployment]:
+    """Declare a deployment: ``@deployment`` or ``@deployment(num_replicas=2, ...)``."""
+
+    def wrap(func_or_class: Callable[..., Any]) -> Deployment:
+        if isinstance(func_or_class, Deployment):
+            return func_or_class.options(**options)
+        if not callable(func_or_class):
+            raise ConfigError(
+                f"@swell.deployment must decorate a class or a function, not "
+                f"{type(func_or_class).__name__}."
+            )
+        name = options.get("name") or getattr(func_or_class, "__name__", "deployment")
+        config = validate_deployment_options(options, f"options for deployment '{name}'")
+        return Deployment(func_or_class, config)
+
+    if _func_or_class is not None:
+        return wrap(_func_or_class)
+    return wrap
+
+
+def ingress(app: Any) -> Callable[[C], C]:
+    """Serve an ASGI app (a FastAPI app) from a class deployment; methods may be its routes."""
+
+    def wrap(cls: C) -> C:
+        target = cls.func_or_class if isinstance(cls, Deployment) else cls
+        if not inspect.isclass(target):
+            raise ConfigError("@swell.ingress(app) decorates a class, not a function.")
+        setattr(target, INGRESS_APP_ATTRIBUTE, app)
+        return cls
+
+    return wrap
+
+
+def get_replica_context() -> ReplicaContext:
+    """The app, deployment and replica this code runs in (only inside a replica)."""
+    return _get_replica_context()
+
+
+# Running ---------------------------------------------------------------------------------
+
+
+def start(
+    http_options: HTTPOptions | dict[str, Any] | None = None,
+    admin_host: str | None = None,
+    admin_port: int | None = None,
+) -> None:
+    """Start swell in this process (HAProxy, controller, admin API) if it is not running."""
+    global _instance
+    with _instance_lock:
+        if _instance is not None:
+            return
+        if isinstance(http_options, HTTPOptions):
+            http = http_options
+        else:
+            http = validate_model(HTTPOptions, http_options or {}, "http_options")
+        controller_settings: dict[str, Any] = {}
+        if admin_host is not None:
+            controller_settings["admin_host"] = admin_host
+        if admin_port is not None:
+            controller_settings["admin_port"] = admin_port
+        controller = validate_model(ControllerOptions, controller_settings, "controller options")
+        instance = SwellInstance(http, controller)
+        instance.start()
+        _instance = instance
+
+
+def _targets(app: Application) -> list[DeploymentTarget]:
+    targets = []
+    for node in app.walk():
+        for value in (*node.args, *node.kwargs.values()):
+            if isinstance(value, Application):
+                raise ConfigError(
+                    f"Deployment '{node.deployment.name}' takes another deployment as an "
+                    "argument; composing deployments needs handles, which this version of "
+                    "swell does not have yet."
+                )
+        dep = node.deployment
+        ref = reference_to(dep.func_or_class, dep)
+        try:
+            init_args = cloudpickle.dumps((node.args, node.kwargs))
+        except Exception as error:
+            raise ConfigError(
+                f"The arguments bound to deployment '{dep.name}' cannot be pickled: {error}"
+            ) from error
+        digest = hashlib.sha256(
+            repr((ref.module, ref.attribute, ref.pickled)).encode() + init_args
+        ).hexdigest()[:12]
+        targets.append(
+            DeploymentTarget(
+                name=dep.name,
+                ref=ref,
+                init_args=init_args,
+                config=dep.config,
+                is_ingress=node is app.root,
+                version=digest,
+            )
+        )
+    return targets
+
+
+def run(
+    target: Application,
+    blocking: bool = False,
+    name: str = "default",
+    route_prefix: str | None = "/",
+) -> None:
+    """Deploy an application and wait until every deployment is healthy.
+
+    Raises DeploymentFailedError (with the replica's traceback) if its replicas keep failing
+    to start. With ``blocking=True`` it then serves until SIGINT or SIGTERM, and shuts down.
+    """
+    if not isinstance(target, Application):
+        hint = f" Call {target.name}.bind() first." if isinstance(target, Deployment) else ""
+        raise ConfigError(
+            f"swell.run() takes an Application (what .bind() returns), not "
+            f"{type(target).__name__}.{hint}"
+        )
+    options = validate_model(RunOptions, {"name": name, "route_prefix": route_prefix}, "run()")
+    targets = _targets(target)
+    start()
+    instance = _require_instance()
+
+    async def deploy(controller: Controller) -> None:
+        await controller.deploy_app(options.name, options.route_prefix, targets)
+
+    instance.call(deploy, _CONTROLLER_CALL_TIMEOUT_S)
+    _wait_until_settled(instance, options.name)
+    if blocking:
+        _serve_until_signalled()
+
+
+def _wait_until_settled(instance: SwellInstance, app_name: str) -> None:
+    """Block until the app is RUNNING; raise as soon as it is DEPLOY_FAILED."""
+    while True:
+        app = instance.status()["applications"].get(app_name)
+        if app is None:
+            raise DeploymentFailedError(f"Application '{app_name}' was deleted while deploying.")
+        if app["status"] == "RUNNING":
+            return
+        if app["status"] == "DEPLOY_FAILED":
+            raise DeploymentFailedError(
+                f"Application '{app_name}' failed to deploy:\n{app['message']}"
+            )
+        time.sleep(_STATUS_POLL_S)
+
+
+def _serve_until_signalled() -> None:
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        shutdown()
+
+
+def _require_instance() -> SwellInstance:
+    if _instance is None:
+        raise RuntimeError("swell is not running in this process; call swell.run() first.")
+    return _instance
+
+
+def delete(name: str) -> None:
+    """Drain and remove one application; the others keep serving."""
+    instance = _require_instance()
+
+    async def remove(controller: Controller) -> None:
+        await controller.delete_app(name)
+
+    instance.call(remove, _CONTROLLER_CALL_TIMEOUT_S)
+
+
+def shutdown() -> None:
+    """Stop every application, every replica and HAProxy."""
+    global _instance
+    with _instance_lock:
+        instance, _instance = _instance, None
+    if instance is not None:
+        instance.stop()
+
+
+def status(address: str | None = None) -> ServeStatus:
+    """Applications, deployments, replicas and the ingress: from this process or an admin API."""
+    if _instance is not None and address is None:
+        return ServeStatus.from_dict(_instance.status())
+    return ServeStatus.from_dict(fetch_status(address or "http://127.0.0.1:8265"))
+
+
+def fetch_status(address: str) -> dict[str, Any]:
+    """Read a running controller's status over its admin API."""
+    url = address.rstrip("/") + "/api/serve/applications/"
+    try:
+        response = httpx.get(url, timeout=10.0)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ControllerUnavailableError(
+            f"No swell controller answered at {address} ({error}). Start one with "
+            "`swell run`, or pass --address."
+        ) from None
+    result: dict[str, Any] = response.json()
+    return result

