@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The two things a developer does: serve the example app, run the tests.
+# Creates .venv (Python 3.11+) and installs swell with its dev extras on first use.
+#
+#   scripts/dev.sh serve     # swell run examples.hello:app on 127.0.0.1:8000
+#   scripts/dev.sh test      # ruff, mypy, then the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.installed
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+        touch "$STAMP"
+    fi
+}
+
+case "${1:-}" in
+    serve)
+        ensure_venv
+        exec "$VENV/bin/swell" run examples.hello:app "${@:2}"
+        ;;
+    test)
+        ensure_venv
+        "$VENV/bin/ruff" check src tests bench examples
+        "$VENV/bin/ruff" format --check src tests bench examples
+        "$VENV/bin/mypy"
+        exec "$VENV/bin/pytest" -q "${@:2}"
+        ;;
+    *)
+        echo "usage: scripts/dev.sh serve|test [args...]" >&2
+        exit 2
+        ;;
+esac

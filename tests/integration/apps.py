@@ -1,0 +1,162 @@
+"""Applications the integration tests serve; importable, so replicas load them by reference."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+import swell
+
+
+@swell.deployment(num_replicas=2, max_ongoing_requests=100)
+class WhoAmI:
+    """Answers with the replica that served the request."""
+
+    def __init__(self, greeting: str, punctuation: str = "!") -> None:
+        self.greeting = greeting
+        self.punctuation = punctuation
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        context = swell.get_replica_context()
+        return {
+            "message": f"{self.greeting}{self.punctuation}",
+            "replica": context.replica_id,
+            "pid": os.getpid(),
+            "path": request.url.path,
+            "root_path": request.scope.get("root_path", ""),
+        }
+
+
+@swell.deployment
+def plain_text(request: Request) -> str:
+    return f"text at {request.url.path}"
+
+
+@swell.deployment(num_replicas=1)
+class Streamer:
+    """Sends chunk 0, then waits for the client's go-ahead file before each next chunk.
+
+    If anything buffered the stream, the client would never see chunk 0 and never write the
+    file, so the test would time out instead of passing.
+    """
+
+    async def __call__(self, request: Request) -> StreamingResponse:
+        gate = Path(request.query_params["gate"])
+        count = int(request.query_params.get("n", "3"))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for index in range(count):
+                if index > 0:
+                    marker = gate.with_name(f"{gate.name}.{index}")
+                    deadline = time.monotonic() + 10
+                    while not marker.exists():
+                        if time.monotonic() > deadline:
+                            yield b"timeout\n"
+                            return
+                        await asyncio.sleep(0.01)
+                yield f"chunk {index}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+
+@swell.deployment(num_replicas=1, max_ongoing_requests=10)
+class SyncBlocking:
+    """A sync handler that blocks until a second request releases it: only works off-loop."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def __call__(self, request: Request) -> str:
+        if request.query_params.get("role") == "release":
+            self.released.set()
+            return "released"
+        return "woken" if self.released.wait(10) else "timed out"
+
+
+class BrokenModel(Exception):
+    pass
+
+
+@swell.deployment
+class FailsToStart:
+    def __init__(self) -> None:
+        raise BrokenModel("weights file is corrupt")
+
+    def __call__(self, request: Request) -> str:
+        return "unreachable"
+
+
+@swell.deployment(user_config={"threshold": 3})
+class Configured:
+    """reconfigure() and check_health() are called; the various return types work."""
+
+    def __init__(self) -> None:
+        self.threshold = 0
+        self.health_checks = 0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.threshold = config["threshold"]
+
+    def check_health(self) -> None:
+        self.health_checks += 1
+
+    async def __call__(self, request: Request) -> Any:
+        kind = request.query_params.get("kind")
+        if kind == "bytes":
+            return b"\x00\x01raw"
+        if kind == "response":
+            return PlainTextResponse("teapot", status_code=418)
+        if kind == "list":
+            return [1, 2, 3]
+        if kind == "error":
+            raise ValueError("bad input value")
+        return {"threshold": self.threshold, "health_checks": self.health_checks}
+
+
+@swell.deployment(num_replicas=1, max_ongoing_requests=1)
+class OneAtATime:
+    """Holds each request until its gate file appears, so a test can fill the replica."""
+
+    async def __call__(self, request: Request) -> Response:
+        gate = Path(request.query_params["gate"])
+        deadline = time.monotonic() + 10
+        while not gate.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return PlainTextResponse("done")
+
+
+fastapi_app = FastAPI()
+
+
+@swell.deployment
+@swell.ingress(fastapi_app)
+class FastAPIIngress:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @fastapi_app.get("/hello/{name}")
+    def hello(self, name: str, excited: bool = False) -> dict[str, str]:
+        return {"message": f"{self.prefix} {name}{'!' if excited else ''}"}
+
+    @fastapi_app.post("/items")
+    async def create(self, item: dict[str, int]) -> dict[str, int]:
+        return {"total": sum(item.values())}
+
+
+whoami_app = WhoAmI.bind("Hello", punctuation="?")
+text_app = plain_text.bind()
+stream_app = Streamer.bind()
+sync_app = SyncBlocking.bind()
+failing_app = FailsToStart.bind()
+configured_app = Configured.bind()
+one_at_a_time_app = OneAtATime.bind()
+fastapi_ingress_app = FastAPIIngress.bind("Hi")
