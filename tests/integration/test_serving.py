@@ -48,6 +48,9 @@ def test_two_apps_on_two_prefixes(serve: Swell) -> None:
     # A longer path that only starts with the same letters is not the /text app's.
     assert serve.client.get("/textbook").json()["path"] == "/textbook"
     assert serve.client.get("/other").json()["message"] == "Hello?"
+    with pytest.raises(swell.ConfigError, match="already served by application 'text'"):
+        swell.run(apps.whoami_app, name="clash", route_prefix="/text")
+    assert serve.client.get("/text/a/b").text == "text at /text/a/b"
     swell.delete("text")
     assert serve.client.get("/-/routes").json() == {"/": "root"}
     assert serve.client.get("/text/a").json()["path"] == "/text/a"

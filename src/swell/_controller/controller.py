@@ -22,6 +22,7 @@ from swell._controller.deployment_state import DeploymentState, DeploymentStatus
 from swell._engines.base import Engine, ReplicaRuntime, ReplicaStartupError
 from swell._spec import CallableRef, ReplicaSpec
 from swell.config import DeploymentConfig
+from swell.exceptions import ConfigError
 
 logger = logging.getLogger("swell.controller")
 
@@ -149,6 +150,16 @@ class Controller:
         self, name: str, route_prefix: str | None, targets: list[DeploymentTarget]
     ) -> None:
         """Set an application's desired state. Replicas start on the next tick."""
+        for other in self._apps.values():
+            if (
+                other.name != name
+                and route_prefix is not None
+                and other.route_prefix == route_prefix
+            ):
+                raise ConfigError(
+                    f"route_prefix {route_prefix!r} is already served by application "
+                    f"'{other.name}'; choose another prefix or delete that application first."
+                )
         existing = self._apps.get(name)
         if existing is not None:
             await self.delete_app(name)
@@ -232,9 +243,16 @@ class Controller:
             ready = await runtime.wait_ready()
         except ReplicaStartupError as error:
             deployment.runtimes.pop(replica_id, None)
-            deployment.state.on_start_failed(replica_id, error.detail, self._clock())
-            logger.error("replica %s failed to start:\n%s", replica_id, error.detail)
+            if self._still_wanted(deployment, replica_id):
+                deployment.state.on_start_failed(replica_id, error.detail, self._clock())
+                logger.error("replica %s failed to start:\n%s", replica_id, error.detail)
             self._wake.set()
+            return
+        if not self._still_wanted(deployment, replica_id):
+            # Scaled down or deleted while it was starting: it never joins HAProxy.
+            deployment.runtimes.pop(replica_id, None)
+            await runtime.stop(deployment.target.config.graceful_shutdown_timeout_s)
+            deployment.state.on_stopped(replica_id)
             return
         if deployment.target.is_ingress and app.route_prefix is not None:
             await self._ingress.add_server(
@@ -242,6 +260,11 @@ class Controller:
             )
         deployment.state.on_ready(replica_id, ready.address, ready.pid, self._clock())
         self._spawn(self._watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
+
+    @staticmethod
+    def _still_wanted(deployment: _Deployment, replica_id: str) -> bool:
+        record = deployment.state.replicas.get(replica_id)
+        return record is not None and record.state is ReplicaState.STARTING
 
     async def _watch_exit(
         self, app: _App, deployment: _Deployment, runtime: ReplicaRuntime

@@ -19,6 +19,8 @@ from typing import Any
 
 import cloudpickle
 
+_SERVER_START_DEADLINE_S = 30.0
+
 
 def _read_spec() -> Any:
     header = sys.stdin.buffer.read(8)
@@ -91,9 +93,11 @@ async def _serve(spec: Any, events_fd: int) -> int:
 
     loop.add_reader(0, on_lifeline_readable)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="swell-replica-http")
-    while not server.started:
-        if serving.done():
-            _emit(events_fd, {"event": "failed", "error": "the HTTP server stopped at start"})
+    deadline = loop.time() + _SERVER_START_DEADLINE_S
+    while not server.started:  # uvicorn offers a flag, not an event, for this
+        if serving.done() or loop.time() > deadline:
+            server.should_exit = True
+            _emit(events_fd, {"event": "failed", "error": "the HTTP server did not start"})
             return 1
         await asyncio.sleep(0.005)
     # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
