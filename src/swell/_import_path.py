@@ -26,7 +26,7 @@ def import_attribute(import_path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
+        if error.name and (module_name + ".").startswith(error.name + "."):
             raise ConfigError(
                 f"Cannot import module {module_name!r} of import path {import_path!r}: "
                 f"no module named {error.name!r} (searched from {os.getcwd()}). Check the "

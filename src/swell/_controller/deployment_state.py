@@ -84,7 +84,8 @@ class DeploymentState:
         self.replicas.pop(replica_id, None)
         self.failed_attempts += 1
         self.last_error = error
-        delay = min(BACKOFF_BASE_S * 2 ** (self.failed_attempts - 1), BACKOFF_MAX_S)
+        doublings = min(self.failed_attempts - 1, 32)  # past the cap anyway; no overflow
+        delay = min(BACKOFF_BASE_S * 2**doublings, BACKOFF_MAX_S)
         self.retry_at = now + delay
 
     def on_died(self, replica_id: str, detail: str) -> None:
@@ -125,6 +126,8 @@ class DeploymentState:
         return sum(1 for r in self.replicas.values() if r.state is ReplicaState.RUNNING)
 
     def plan(self, now: float) -> Plan:
+        if self.running_count() >= self.target > 0:
+            self.ever_healthy = True
         stop = [
             r.replica_id
             for r in self.replicas.values()

@@ -17,10 +17,11 @@ def to_response(result: Any) -> Response:
     if isinstance(result, bytes | bytearray | memoryview):
         return Response(bytes(result), media_type="application/octet-stream")
     try:
-        body = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
-    except TypeError as error:
+        body = json.dumps(result, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as error:
         raise TypeError(
             f"Cannot turn a return value of type {type(result).__name__} into an HTTP "
-            "response: return a dict, list, str, bytes or a starlette Response."
+            f"response ({error}): return a dict, list, str, bytes or a starlette Response, "
+            "with JSON values only (no NaN or infinity)."
         ) from error
     return Response(body, media_type="application/json")

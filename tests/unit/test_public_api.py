@@ -1,0 +1,65 @@
+"""The public API: what ``import swell`` (or ``import swell as serve``) offers."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import swell
+import swell as serve
+
+# Pinned on purpose: adding, removing or renaming a public name must update this list.
+EXPECTED_ALL = [
+    "Application",
+    "AutoscalingConfig",
+    "ConfigError",
+    "Deployment",
+    "DeploymentConfig",
+    "DeploymentFailedError",
+    "HAProxyError",
+    "HAProxyNotFoundError",
+    "HTTPOptions",
+    "PortInUseError",
+    "SwellError",
+    "delete",
+    "deployment",
+    "get_replica_context",
+    "ingress",
+    "run",
+    "shutdown",
+    "start",
+    "status",
+]
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    assert swell.__all__ == EXPECTED_ALL
+    assert sorted(swell.__all__) == swell.__all__
+
+
+def test_every_name_in_all_exists() -> None:
+    missing = [name for name in swell.__all__ if not hasattr(swell, name)]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["deployment", "ingress", "run", "shutdown", "delete", "status", "get_replica_context"],
+)
+def test_ray_serve_style_functions(name: str) -> None:
+    assert callable(getattr(serve, name))
+    assert inspect.isfunction(getattr(serve, name))
+
+
+@pytest.mark.parametrize("name", ["Application", "Deployment"])
+def test_ray_serve_style_classes(name: str) -> None:
+    assert inspect.isclass(getattr(serve, name))
+
+
+def test_exception_hierarchy() -> None:
+    assert issubclass(serve.ConfigError, serve.SwellError)
+    assert issubclass(serve.ConfigError, ValueError)
+    assert issubclass(serve.HAProxyNotFoundError, serve.HAProxyError)
+    assert issubclass(serve.DeploymentFailedError, serve.SwellError)
+    assert issubclass(serve.PortInUseError, serve.SwellError)
