@@ -126,8 +126,10 @@ def test_one_app() -> None:
         "balance leastconn",
         "option httpchk GET /-/swell/ready",
         "http-check expect status 200",
-        "server r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1",
-        "server r2 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1",
+        "server r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 "
+        "pool-max-conn -1 pool-purge-delay 5s",
+        "server r2 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1 "
+        "pool-max-conn -1 pool-purge-delay 5s",
     ]
 
 
@@ -176,13 +178,19 @@ def test_app_without_root_route_leaves_no_route_default() -> None:
 
 def test_draining_server_has_weight_zero() -> None:
     lines = backend_lines(rendered("draining"), "app_default")
-    assert "server old 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 weight 0" in lines
-    assert "server new 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1" in lines
+    assert (
+        "server old 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 "
+        "pool-max-conn -1 pool-purge-delay 5s weight 0" in lines
+    )
+    assert (
+        "server new 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1 "
+        "pool-max-conn -1 pool-purge-delay 5s" in lines
+    )
 
 
 def test_server_arguments() -> None:
     assert server_arguments(server("a", 1, maxconn=3)) == (
-        "127.0.0.1:1 maxconn 3 check inter 1000 fall 2 rise 1"
+        "127.0.0.1:1 maxconn 3 check inter 1000 fall 2 rise 1 pool-max-conn -1 pool-purge-delay 5s"
     )
     assert server_arguments(server("a", 1, draining=True)).endswith(" weight 0")
 

@@ -34,7 +34,8 @@ def test_add_server_sends_three_commands() -> None:
     transport = FakeTransport({"add server": ADDED})
     asyncio.run(HAProxyRuntime(transport).add_server("app_x", SERVER))
     assert transport.commands == [
-        "add server app_x/r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1",
+        "add server app_x/r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 "
+        "pool-max-conn -1 pool-purge-delay 5s",
         "enable health app_x/r1",
         "enable server app_x/r1",
     ]
@@ -45,7 +46,8 @@ def test_add_draining_server() -> None:
     draining = ServerEntry("r2", "127.0.0.1:9002", maxconn=3, draining=True)
     asyncio.run(HAProxyRuntime(transport).add_server("app_x", draining))
     assert transport.commands[0] == (
-        "add server app_x/r2 127.0.0.1:9002 maxconn 3 check inter 1000 fall 2 rise 1 weight 0"
+        "add server app_x/r2 127.0.0.1:9002 maxconn 3 check inter 1000 fall 2 rise 1 "
+        "pool-max-conn -1 pool-purge-delay 5s weight 0"
     )
 
 

@@ -60,6 +60,9 @@ def server_arguments(server: ServerEntry) -> str:
         server.address,
         f"maxconn {server.maxconn}",
         f"check inter {CHECK_INTERVAL_MS} fall 2 rise 1",
+        # Servers added at runtime get no idle-connection pool unless asked: without these,
+        # every request would open (and reset) a new connection to the replica.
+        "pool-max-conn -1 pool-purge-delay 5s",
     ]
     if server.draining:
         words.append("weight 0")
