@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import inspect
 import signal
@@ -36,6 +37,7 @@ _CONTROLLER_CALL_TIMEOUT_S = 120.0
 
 _instance: SwellInstance | None = None
 _instance_lock = threading.Lock()
+_atexit_registered = threading.Event()
 
 
 # Declaring deployments -------------------------------------------------------------------
@@ -117,6 +119,10 @@ def start(
         instance = SwellInstance(http, controller)
         instance.start()
         _instance = instance
+        if not _atexit_registered.is_set():
+            # A script that ends without shutdown() still drains and stops its replicas.
+            atexit.register(shutdown)
+            _atexit_registered.set()
 
 
 def _targets(app: Application) -> list[DeploymentTarget]:

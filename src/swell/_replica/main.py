@@ -73,7 +73,8 @@ async def _serve(spec: Any, events_fd: int) -> int:
         lifespan="on" if ingress_app is not None else "off",
         access_log=False,
         log_level="warning",
-        # Longer than HAProxy keeps idle pooled connections (pool-purge-delay), so HAProxy closes first.
+        # Longer than HAProxy keeps idle pooled connections (pool-purge-delay 5s), so
+        # HAProxy always closes them first.
         timeout_keep_alive=20,
         timeout_graceful_shutdown=spec.config.graceful_shutdown_timeout_s or None,
         server_header=False,
