@@ -7,7 +7,38 @@ import os
 import sys
 from typing import Any
 
+from swell.deployment import Application, Deployment
 from swell.exceptions import ConfigError
+
+
+def load_application(
+    import_path: str, args: dict[str, Any] | None = None, working_dir: str | None = None
+) -> Application:
+    """Resolve an import path to an Application: the attribute itself, or a builder's result.
+
+    A builder is a function that takes the config's ``args`` dict and returns an Application.
+    """
+    if working_dir and working_dir not in sys.path:
+        sys.path.insert(0, working_dir)
+    target = import_attribute(import_path)
+    if isinstance(target, Deployment):
+        raise ConfigError(
+            f"{import_path!r} is a Deployment, not an Application; bind it first: "
+            f"app = {target.name}.bind(...)"
+        )
+    if not isinstance(target, Application) and callable(target):
+        target = target(args or {})
+    elif args:
+        raise ConfigError(
+            f"args were given for {import_path!r}, but it is an Application, not a builder "
+            "function that takes them; drop args or point import_path at a builder."
+        )
+    if not isinstance(target, Application):
+        raise ConfigError(
+            f"{import_path!r} is a {type(target).__name__}, not an Application "
+            "(what Deployment.bind() returns) nor a builder function returning one."
+        )
+    return target
 
 
 def import_attribute(import_path: str) -> Any:

@@ -59,6 +59,8 @@ class ReplicaSpec:
     host: str = "127.0.0.1"
     sys_path: list[str] = field(default_factory=list)
     cluster_token: str = ""
+    env_vars: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
 
     def dumps(self) -> bytes:
         payload: bytes = cloudpickle.dumps(self)

@@ -17,12 +17,16 @@ import httpx
 from swell._context import ReplicaContext
 from swell._context import get_replica_context as _get_replica_context
 from swell._controller.controller import Controller, DeploymentTarget
+from swell._import_path import load_application
 from swell._instance import SwellInstance
 from swell._spec import reference_to
 from swell.config import (
     ControllerOptions,
+    DeploymentOverride,
     HTTPOptions,
     RunOptions,
+    RuntimeEnv,
+    ServeConfig,
     validate_deployment_options,
     validate_model,
 )
@@ -125,9 +129,23 @@ def start(
             _atexit_registered.set()
 
 
-def _targets(app: Application) -> list[DeploymentTarget]:
+def _targets(
+    app: Application,
+    overrides: list[DeploymentOverride] | None = None,
+    runtime_env: RuntimeEnv | None = None,
+) -> list[DeploymentTarget]:
+    """What the controller needs per deployment, with a config file's overrides applied."""
+    nodes = app.walk()
+    by_name = {o.name: o for o in overrides or []}
+    unknown = sorted(set(by_name) - {node.deployment.name for node in nodes})
+    if unknown:
+        raise ConfigError(
+            f"deployments {unknown} in the config are not in the application; it has "
+            f"{sorted(node.deployment.name for node in nodes)}."
+        )
+    env = runtime_env or RuntimeEnv()
     targets = []
-    for node in app.walk():
+    for node in nodes:
         for value in (*node.args, *node.kwargs.values()):
             if isinstance(value, Application):
                 raise ConfigError(
@@ -136,6 +154,12 @@ def _targets(app: Application) -> list[DeploymentTarget]:
                     "swell does not have yet."
                 )
         dep = node.deployment
+        config = dep.config
+        override = by_name.get(dep.name)
+        if override is not None:
+            merged = config.model_dump(exclude_unset=True)
+            merged.update(override.model_dump(exclude_unset=True, exclude={"name"}))
+            config = validate_deployment_options(merged, f"deployment '{dep.name}' in the config")
         ref = reference_to(dep.func_or_class, dep)
         try:
             init_args = cloudpickle.dumps((node.args, node.kwargs))
@@ -151,9 +175,11 @@ def _targets(app: Application) -> list[DeploymentTarget]:
                 name=dep.name,
                 ref=ref,
                 init_args=init_args,
-                config=dep.config,
+                config=config,
                 is_ingress=node is app.root,
                 version=digest,
+                env_vars=dict(env.env_vars),
+                working_dir=env.working_dir,
             )
         )
     return targets
@@ -177,15 +203,40 @@ def run(
             f"{type(target).__name__}.{hint}"
         )
     options = validate_model(RunOptions, {"name": name, "route_prefix": route_prefix}, "run()")
-    targets = _targets(target)
+    _deploy_and_wait([(options, _targets(target))])
+    if blocking:
+        _serve_until_signalled()
+
+
+def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> None:
+    """Hand validated applications to the controller, then wait for all of them."""
     start()
     instance = _require_instance()
+    for options, targets in apps:
 
-    async def deploy(controller: Controller) -> None:
-        await controller.deploy_app(options.name, options.route_prefix, targets)
+        async def deploy(
+            controller: Controller, o: RunOptions = options, t: list[DeploymentTarget] = targets
+        ) -> None:
+            await controller.deploy_app(o.name, o.route_prefix, t)
 
-    instance.call(deploy, _CONTROLLER_CALL_TIMEOUT_S)
-    _wait_until_settled(instance, options.name)
+        instance.call(deploy, _CONTROLLER_CALL_TIMEOUT_S)
+    for options, _ in apps:
+        _wait_until_settled(instance, options.name)
+
+
+def run_config(config: ServeConfig, blocking: bool = False) -> None:
+    """Deploy every application of a config file; all are validated before any is touched."""
+    prepared = []
+    for app_config in config.applications:
+        app = load_application(
+            app_config.import_path, app_config.args, app_config.runtime_env.working_dir
+        )
+        targets = _targets(app, app_config.deployments, app_config.runtime_env)
+        prepared.append(
+            (RunOptions(name=app_config.name, route_prefix=app_config.route_prefix), targets)
+        )
+    start(http_options=config.http_options)
+    _deploy_and_wait(prepared)
     if blocking:
         _serve_until_signalled()
 

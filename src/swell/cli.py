@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from swell import api
-from swell._import_path import import_attribute
+from swell._import_path import load_application
 from swell.config import ControllerOptions, HTTPOptions, RunOptions
-from swell.deployment import Application, Deployment
+from swell.config_file import build_config, load_config_file
 from swell.exceptions import SwellError
 
 _DEFAULT_HTTP = HTTPOptions()
@@ -22,23 +25,10 @@ def _admin_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def _load_application(import_path: str) -> Application:
-    target = import_attribute(import_path)
-    if isinstance(target, Deployment):
-        raise SwellError(
-            f"{import_path!r} is a Deployment, not an Application; bind it first: "
-            f"app = {target.name}.bind(...)"
-        )
-    if not isinstance(target, Application):
-        raise SwellError(
-            f"{import_path!r} is a {type(target).__name__}, not an Application "
-            "(what Deployment.bind() returns)."
-        )
-    return target
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    app = _load_application(args.import_path)
+    if args.import_path.endswith((".yaml", ".yml")):
+        return _run_config_file(args)
+    app = load_application(args.import_path)
     api.start(
         http_options={"host": args.host, "port": args.port},
         admin_host=args.admin_host,
@@ -55,6 +45,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         flush=True,
     )
     api._serve_until_signalled()
+    return 0
+
+
+def _run_config_file(args: argparse.Namespace) -> int:
+    config = load_config_file(args.import_path)
+    api.start(
+        http_options=config.http_options,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+    )
+    try:
+        api.run_config(config)
+    except BaseException:
+        api.shutdown()
+        raise
+    for app in config.applications:
+        print(
+            f"swell: application '{app.name}' is serving at http://{config.http_options.host}:"
+            f"{config.http_options.port}{app.route_prefix or ''}",
+            flush=True,
+        )
+    api._serve_until_signalled()
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    text = yaml.safe_dump(build_config(args.import_paths), sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
     return 0
 
 
@@ -99,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve an application in the foreground")
     run.add_argument(
-        "import_path", help="module:attribute of an Application, e.g. examples.hello:app"
+        "import_path",
+        help="module:attribute of an Application (e.g. examples.hello:app), or a config "
+        "file (.yaml) whose http_options and applications replace the flags below",
     )
     run.add_argument("--host", default=_DEFAULT_HTTP.host, help="HTTP host (default %(default)s)")
     run.add_argument(
@@ -121,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin API port (default %(default)s)",
     )
     run.set_defaults(handler=_cmd_run)
+
+    build = commands.add_parser("build", help="write a config file for applications")
+    build.add_argument("import_paths", nargs="+", help="module:attribute of each Application")
+    build.add_argument("-o", "--output", help="file to write (default: standard output)")
+    build.set_defaults(handler=_cmd_build)
 
     status = commands.add_parser("status", help="show applications, deployments and replicas")
     status.add_argument(

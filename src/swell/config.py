@@ -182,6 +182,67 @@ class RunOptions(_Strict):
         return None if value is None else _route_prefix_ok(value)
 
 
+class RuntimeEnv(_Strict):
+    """The part of Ray's runtime_env that swell applies to an application's replicas."""
+
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_supported_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unsupported = sorted(set(value) - {"env_vars", "working_dir"})
+            if unsupported:
+                raise ValueError(
+                    f"runtime_env keys {unsupported} are not supported; swell applies "
+                    "env_vars and working_dir only (install packages into the environment "
+                    "swell runs in instead)"
+                )
+        return value
+
+
+class DeploymentOverride(DeploymentConfig):
+    """A config file's ``deployments[]`` entry: options for one deployment, found by name."""
+
+    name: str
+
+
+class ApplicationConfig(RunOptions):
+    """One entry of a config file's ``applications[]``."""
+
+    import_path: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+    deployments: list[DeploymentOverride] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _deployment_names_unique(self) -> ApplicationConfig:
+        names = [d.name for d in self.deployments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"deployments {duplicates} are listed more than once")
+        return self
+
+
+class ServeConfig(_Strict):
+    """A whole config file, with the field names of Ray Serve's (serveConfigV2)."""
+
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
+    http_options: HTTPOptions = Field(default_factory=HTTPOptions)
+    applications: list[ApplicationConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _apps_distinct(self) -> ServeConfig:
+        names = [a.name for a in self.applications]
+        prefixes = [a.route_prefix for a in self.applications if a.route_prefix is not None]
+        for label, values in (("application names", names), ("route prefixes", prefixes)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{label} must be unique; repeated: {repeated}")
+        return self
+
+
 def describe_validation_error(error: ValidationError, where: str) -> str:
     """One readable line per problem: the field, the value given, and what is allowed."""
     lines = []

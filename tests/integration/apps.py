@@ -160,3 +160,16 @@ failing_app = FailsToStart.bind()
 configured_app = Configured.bind()
 one_at_a_time_app = OneAtATime.bind()
 fastapi_ingress_app = FastAPIIngress.bind("Hi")
+
+
+@swell.deployment
+def env_reader(request: Request) -> dict[str, str | None]:
+    return {"greeting": os.environ.get("SWELL_TEST_GREETING"), "cwd": os.getcwd()}
+
+
+def build_greeter(args: dict[str, Any]) -> swell.Application:
+    """An application builder: a config file's ``args`` become its argument."""
+    return WhoAmI.bind(args.get("greeting", "Hey"), punctuation=args.get("punctuation", "."))
+
+
+env_app = env_reader.bind()

@@ -53,6 +53,8 @@ class DeploymentTarget:
     config: DeploymentConfig
     is_ingress: bool
     version: str
+    env_vars: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
 
 
 @dataclass
@@ -222,8 +224,12 @@ class Controller:
             init_args=target.init_args,
             config=target.config,
             version=target.version,
-            sys_path=self._sys_path,
+            sys_path=[target.working_dir, *self._sys_path]
+            if target.working_dir
+            else self._sys_path,
             cluster_token=self.cluster_token,
+            env_vars=target.env_vars,
+            working_dir=target.working_dir,
         )
         deployment.state.on_started(replica_id, self._clock())
         self._spawn(self._bring_up(app, deployment, spec), f"swell-start-{replica_id}")

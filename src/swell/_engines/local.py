@@ -114,6 +114,8 @@ class LocalEngine:
                 [sys.executable, "-m", "swell._replica.main", str(write_fd)],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
+                env={**os.environ, **spec.env_vars},
+                cwd=spec.working_dir,
                 # Own session: a terminal's Ctrl-C reaches the controller, which stops
                 # replicas in order, instead of every process at once.
                 start_new_session=True,
