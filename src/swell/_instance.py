@@ -20,14 +20,21 @@ import uvicorn
 
 from swell._controller.admin_api import build_admin_app
 from swell._controller.controller import Controller
+from swell._dataplane.router import ClusterContext
 from swell._engines.local import LocalEngine
 from swell._ingress.haproxy_manager import HAProxyManager, ensure_port_free
 from swell.config import ControllerOptions, HTTPOptions
+from swell.handle import close_routers, set_cluster_context
 
 T = TypeVar("T")
 
 _START_DEADLINE_S = 60.0
 _STOP_DEADLINE_S = 120.0
+
+
+def _loopback_for(host: str) -> str:
+    """Where local processes reach a server bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 class SwellInstance:
@@ -119,6 +126,12 @@ class SwellInstance:
                 self.controller = Controller(engine, self.ingress, list(sys.path))
                 self.controller.start()
                 admin_server, admin_task = await self._start_admin_api(self.controller)
+                self.controller.controller_url = (
+                    f"http://{_loopback_for(self.controller_options.admin_host)}:{self.admin_port}"
+                )
+                set_cluster_context(
+                    ClusterContext(self.controller.controller_url, self.controller.cluster_token)
+                )
             except BaseException as error:
                 self._start_error = error
                 return
@@ -126,6 +139,8 @@ class SwellInstance:
                 self._started.set()
             await self._stop.wait()
         finally:
+            set_cluster_context(None)
+            close_routers()
             if self.controller is not None:
                 await self.controller.shutdown()
             if self.ingress is not None:
@@ -143,9 +158,15 @@ class SwellInstance:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.admin_host, options.admin_port))
         self.admin_port = sock.getsockname()[1]
-        app = build_admin_app(lambda: self._full_status(controller))
+        app = build_admin_app(lambda: self._full_status(controller), controller.watch_replica_set)
         config = uvicorn.Config(
-            app, loop="none", lifespan="off", access_log=False, log_level="warning"
+            app,
+            loop="none",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            # Routers' long-poll watches are open: don't wait them out at shutdown.
+            timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)
         # uvicorn leaves signal handlers alone off the main thread, which this is.

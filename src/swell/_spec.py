@@ -39,7 +39,8 @@ def reference_to(obj: Any, fallback: Any) -> CallableRef:
         target: Any = module
         for part in qualname.split("."):
             target = getattr(target, part, None)
-        if target is fallback or target is obj:
+        # The attribute may be the decorated Deployment, or the one .options() started from.
+        if target is fallback or target is obj or getattr(target, "func_or_class", None) is obj:
             return CallableRef(module=module_name, attribute=qualname)
     return CallableRef(pickled=cloudpickle.dumps(fallback))
 
@@ -59,6 +60,7 @@ class ReplicaSpec:
     host: str = "127.0.0.1"
     sys_path: list[str] = field(default_factory=list)
     cluster_token: str = ""
+    controller_url: str = ""
     env_vars: dict[str, str] = field(default_factory=dict)
     working_dir: str | None = None
 

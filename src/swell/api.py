@@ -32,6 +32,7 @@ from swell.config import (
 )
 from swell.deployment import INGRESS_APP_ATTRIBUTE, Application, Deployment
 from swell.exceptions import ConfigError, ControllerUnavailableError, DeploymentFailedError
+from swell.handle import DeploymentHandle
 from swell.serve_status import ServeStatus
 
 C = TypeVar("C")
@@ -129,8 +130,15 @@ def start(
             _atexit_registered.set()
 
 
+def _as_handle(value: Any, app_name: str) -> Any:
+    if isinstance(value, Application):
+        return DeploymentHandle(value.ingress_name, app_name)
+    return value
+
+
 def _targets(
     app: Application,
+    app_name: str,
     overrides: list[DeploymentOverride] | None = None,
     runtime_env: RuntimeEnv | None = None,
 ) -> list[DeploymentTarget]:
@@ -146,13 +154,6 @@ def _targets(
     env = runtime_env or RuntimeEnv()
     targets = []
     for node in nodes:
-        for value in (*node.args, *node.kwargs.values()):
-            if isinstance(value, Application):
-                raise ConfigError(
-                    f"Deployment '{node.deployment.name}' takes another deployment as an "
-                    "argument; composing deployments needs handles, which this version of "
-                    "swell does not have yet."
-                )
         dep = node.deployment
         config = dep.config
         override = by_name.get(dep.name)
@@ -161,8 +162,11 @@ def _targets(
             merged.update(override.model_dump(exclude_unset=True, exclude={"name"}))
             config = validate_deployment_options(merged, f"deployment '{dep.name}' in the config")
         ref = reference_to(dep.func_or_class, dep)
+        # Bound deployments passed as arguments arrive in the replica as handles.
+        args = tuple(_as_handle(value, app_name) for value in node.args)
+        kwargs = {key: _as_handle(value, app_name) for key, value in node.kwargs.items()}
         try:
-            init_args = cloudpickle.dumps((node.args, node.kwargs))
+            init_args = cloudpickle.dumps((args, kwargs))
         except Exception as error:
             raise ConfigError(
                 f"The arguments bound to deployment '{dep.name}' cannot be pickled: {error}"
@@ -190,8 +194,8 @@ def run(
     blocking: bool = False,
     name: str = "default",
     route_prefix: str | None = "/",
-) -> None:
-    """Deploy an application and wait until every deployment is healthy.
+) -> DeploymentHandle:
+    """Deploy an application, wait until every deployment is healthy, return its handle.
 
     Raises DeploymentFailedError (with the replica's traceback) if its replicas keep failing
     to start. With ``blocking=True`` it then serves until SIGINT or SIGTERM, and shuts down.
@@ -203,9 +207,33 @@ def run(
             f"{type(target).__name__}.{hint}"
         )
     options = validate_model(RunOptions, {"name": name, "route_prefix": route_prefix}, "run()")
-    _deploy_and_wait([(options, _targets(target))])
+    _deploy_and_wait([(options, _targets(target, options.name))])
     if blocking:
         _serve_until_signalled()
+    return DeploymentHandle(target.ingress_name, options.name)
+
+
+def get_app_handle(name: str) -> DeploymentHandle:
+    """A handle to an application's ingress deployment."""
+    instance = _require_instance()
+
+    async def ingress_of(controller: Controller) -> str | None:
+        return controller.ingress_deployment(name)
+
+    deployment_name = instance.call(ingress_of, _CONTROLLER_CALL_TIMEOUT_S)
+    if deployment_name is None:
+        raise ConfigError(f"No application named {name!r} is running.")
+    return DeploymentHandle(deployment_name, name)
+
+
+def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
+    """A handle to any deployment; inside a replica the app defaults to the replica's own."""
+    if app_name is None:
+        try:
+            app_name = _get_replica_context().app_name
+        except RuntimeError:
+            app_name = "default"
+    return DeploymentHandle(deployment_name, app_name)
 
 
 def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> None:
@@ -231,7 +259,7 @@ def run_config(config: ServeConfig, blocking: bool = False) -> None:
         app = load_application(
             app_config.import_path, app_config.args, app_config.runtime_env.working_dir
         )
-        targets = _targets(app, app_config.deployments, app_config.runtime_env)
+        targets = _targets(app, app_config.name, app_config.deployments, app_config.runtime_env)
         prepared.append(
             (RunOptions(name=app_config.name, route_prefix=app_config.route_prefix), targets)
         )

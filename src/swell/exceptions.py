@@ -8,10 +8,16 @@
     │   └── HAProxyNotFoundError
     ├── PortInUseError         a port swell must bind is taken
     ├── DeploymentFailedError  an application could not become healthy
-    └── ControllerUnavailableError   no running swell instance answered
+    ├── ControllerUnavailableError   no running swell instance answered
+    ├── BackPressureError      a caller's queue for a deployment is full (HTTP 503)
+    ├── RemoteError            user code raised in another replica (type, message, traceback)
+    ├── ReplicaUnavailableError   the replica that accepted a call died before answering
+    └── RequestCancelledError  the call was cancelled
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SwellError(Exception):
@@ -40,3 +46,36 @@ class DeploymentFailedError(SwellError):
 
 class ControllerUnavailableError(SwellError):
     """No swell controller answered at the address given."""
+
+
+class BackPressureError(SwellError):
+    """A caller's queue for a deployment is full (``max_queued_requests``): HTTP 503."""
+
+
+class RemoteError(SwellError):
+    """User code raised in another replica; carries the remote type, message and traceback."""
+
+    def __init__(
+        self, remote_type: str, remote_message: str, remote_traceback: str, cause: Any = None
+    ) -> None:
+        super().__init__(
+            f"{remote_type}: {remote_message}\n\nRemote traceback:\n{remote_traceback}"
+        )
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.remote_type, self.remote_message, self.remote_traceback, self.cause),
+        )
+
+
+class ReplicaUnavailableError(SwellError):
+    """The replica that accepted a call died or went away before it answered."""
+
+
+class RequestCancelledError(SwellError):
+    """The call was cancelled (by ``cancel()`` or because its client went away)."""

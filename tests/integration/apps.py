@@ -173,3 +173,95 @@ def build_greeter(args: dict[str, Any]) -> swell.Application:
 
 
 env_app = env_reader.bind()
+
+
+@swell.deployment(num_replicas=2)
+class Model:
+    """The model side of the composition tests."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+        self.produced = 0
+
+    def predict(self, x: list[float]) -> float:
+        return sum(x)
+
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+    async def tokens(self, n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            yield f"tok{i} "
+
+    def whoami(self) -> str:
+        return swell.get_replica_context().replica_id
+
+    def fail(self, message: str) -> None:
+        raise KeyError(message)
+
+    def echo_size(self, payload: bytes) -> int:
+        return len(payload)
+
+    def echo(self, payload: bytes) -> bytes:
+        return payload
+
+    async def hang(self, marker: str) -> str:
+        Path(marker).touch()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            Path(marker + ".cancelled").touch()
+            raise
+        return "finished"
+
+    async def firehose(self, count: int, size: int) -> AsyncIterator[bytes]:
+        for _ in range(count):
+            self.produced += 1
+            yield b"x" * size
+
+    def produced_so_far(self) -> int:
+        return self.produced
+
+
+@swell.deployment
+class Composer:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    async def __call__(self, request: Request) -> Any:
+        if request.url.path == "/hang":
+            return await self.model.hang.remote(request.query_params["marker"])
+        body = await request.json()
+        a = self.model.predict.remote(body["x"])
+        b = self.model.predict.remote([await a, 1.0])
+        # A response passed straight into another call: chained without awaiting it here.
+        chained = self.model.add.remote(self.model.predict.remote([1.0, 2.0]), b=0.5)
+        return {"y": await b, "chained": await chained}
+
+
+composed_app = Composer.bind(Model.bind())
+
+
+@swell.deployment(max_ongoing_requests=1, max_queued_requests=1)
+class Gated:
+    """Holds each call until its gate file exists: fills a replica on purpose."""
+
+    async def wait(self, gate: str) -> str:
+        deadline = time.monotonic() + 20
+        while not Path(gate).exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return "opened"
+
+
+@swell.deployment(max_ongoing_requests=100)
+class GateCaller:
+    def __init__(self, gated: Any) -> None:
+        self.gated = gated
+
+    async def __call__(self, request: Request) -> str:
+        result: str = await self.gated.wait.remote(request.query_params["gate"])
+        return result
+
+
+gated_app = GateCaller.bind(Gated.bind())
+single_model_app = Model.options(num_replicas=1).bind()

@@ -62,6 +62,29 @@ class _Deployment:
     target: DeploymentTarget
     state: DeploymentState
     runtimes: dict[str, ReplicaRuntime] = field(default_factory=dict)
+    # What routers see: replica id -> gRPC address, versioned so watchers can wait on it.
+    replica_set: dict[str, str] = field(default_factory=dict)
+    set_version: int = 0
+    set_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publish(self, replica_id: str, grpc_address: str | None) -> None:
+        """Add (with an address) or remove (None) a replica from the routers' view."""
+        if grpc_address is None:
+            if self.replica_set.pop(replica_id, None) is None:
+                return
+        else:
+            self.replica_set[replica_id] = grpc_address
+        self.set_version += 1
+        self.set_changed.set()
+        self.set_changed = asyncio.Event()
+
+    def replica_set_document(self) -> dict[str, Any]:
+        return {
+            "version": self.set_version,
+            "replicas": dict(self.replica_set),
+            "max_ongoing_requests": self.target.config.max_ongoing_requests,
+            "max_queued_requests": self.target.config.max_queued_requests,
+        }
 
 
 @dataclass
@@ -82,6 +105,7 @@ class Controller:
         sys_path: list[str],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.controller_url = ""  # where replicas' routers watch replica sets; set at start
         self._engine = engine
         self._ingress = ingress
         self._sys_path = sys_path
@@ -114,6 +138,9 @@ class Controller:
                     deployment.state.on_stopping(replica_id)
                     stops.append(runtime.stop(timeout))
         await asyncio.gather(*stops, return_exceptions=True)
+        for app in self._apps.values():
+            for deployment in app.deployments.values():
+                deployment.set_changed.set()  # answer pending watches now
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,6 +255,7 @@ class Controller:
             if target.working_dir
             else self._sys_path,
             cluster_token=self.cluster_token,
+            controller_url=self.controller_url,
             env_vars=target.env_vars,
             working_dir=target.working_dir,
         )
@@ -265,6 +293,7 @@ class Controller:
                 app.name, replica_id, ready.address, deployment.target.config.max_ongoing_requests
             )
         deployment.state.on_ready(replica_id, ready.address, ready.pid, self._clock())
+        deployment.publish(replica_id, ready.grpc_address)
         self._spawn(self._watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
 
     @staticmethod
@@ -282,6 +311,7 @@ class Controller:
             return
         logger.warning("replica %s exited unexpectedly with status %s", replica_id, status)
         deployment.runtimes.pop(replica_id, None)
+        deployment.publish(replica_id, None)
         deployment.state.on_died(replica_id, f"replica {replica_id} exited with status {status}")
         if deployment.target.is_ingress and app.route_prefix is not None:
             await self._ingress.remove_server(app.name, replica_id)
@@ -291,6 +321,7 @@ class Controller:
         """Drain in HAProxy, wait for in-flight requests (bounded), then stop the process."""
         config = deployment.target.config
         deployment.state.on_stopping(replica_id)
+        deployment.publish(replica_id, None)
         runtime = deployment.runtimes.get(replica_id)
         in_ingress = deployment.target.is_ingress and app.route_prefix is not None
         if in_ingress:
@@ -325,6 +356,28 @@ class Controller:
         deployment.state.on_health_result(replica_id, ok, detail)
         if not ok:
             self._wake.set()
+
+    async def watch_replica_set(
+        self, app_name: str, deployment_name: str, known_version: int, wait_s: float
+    ) -> dict[str, Any] | None:
+        """The deployment's replica set once its version differs from ``known_version``.
+
+        Waits at most ``wait_s``; None if the deployment does not exist (yet).
+        """
+        app = self._apps.get(app_name)
+        deployment = app.deployments.get(deployment_name) if app else None
+        if deployment is None:
+            return None
+        if deployment.set_version == known_version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(deployment.set_changed.wait(), wait_s)
+        return deployment.replica_set_document()
+
+    def ingress_deployment(self, app_name: str) -> str | None:
+        app = self._apps.get(app_name)
+        if app is None:
+            return None
+        return next((d.target.name for d in app.deployments.values() if d.target.is_ingress), None)
 
     # Observed state -----------------------------------------------------------------------
 
@@ -372,6 +425,7 @@ class Controller:
                             "state": r.state.value,
                             "pid": r.pid,
                             "address": r.address,
+                            "grpc_address": deployment.replica_set.get(r.replica_id),
                         }
                         for r in deployment.state.replicas.values()
                     ],

@@ -19,10 +19,15 @@ class ReadyInfo:
     host: str
     port: int
     pid: int
+    grpc_port: int | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        return None if self.grpc_port is None else f"{self.host}:{self.grpc_port}"
 
 
 class ReplicaStartupError(Exception):

@@ -54,7 +54,12 @@ class LocalReplica:
                     continue
                 if event.get("event") == "ready":
                     self._ready.set_result(
-                        ReadyInfo(self._spec.host, int(event["port"]), int(event["pid"]))
+                        ReadyInfo(
+                            self._spec.host,
+                            int(event["port"]),
+                            int(event["pid"]),
+                            event.get("grpc_port"),
+                        )
                     )
                 elif event.get("event") == "failed":
                     self._ready.set_exception(ReplicaStartupError(str(event["error"])))

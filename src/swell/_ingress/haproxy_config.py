@@ -105,6 +105,8 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
         "    retry-on conn-failure empty-response",
         "    option redispatch 1",
         "    http-reuse always",
+        # A client that goes away aborts its request at the replica too (cancelling work).
+        "    option abortonclose",
         "",
         "frontend swell_http",
         f"    bind {settings.bind_host}:{settings.bind_port}",

@@ -32,6 +32,7 @@ from swell.exceptions import HAProxyError, HAProxyNotFoundError, PortInUseError
 
 _START_DEADLINE_S = 15.0
 _RELOAD_DEADLINE_S = 15.0
+_RESIGNAL_AFTER_S = 2.0
 _POLL_S = 0.02
 _PR_SET_PDEATHSIG = 1
 
@@ -195,10 +196,16 @@ class HAProxyManager:
         assert self._process is not None
         old_pid = await self.runtime.process_id()
         self._write_config()
-        self._process.send_signal(signal.SIGUSR2)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RELOAD_DEADLINE_S
+        signalled_at = -_RESIGNAL_AFTER_S
         while loop.time() < deadline:
+            # The master re-executes itself on a reload and can miss a signal that arrives
+            # meanwhile (right after the previous reload): send it again until a new worker
+            # answers. An extra reload of the same file is harmless.
+            if loop.time() - signalled_at >= _RESIGNAL_AFTER_S:
+                self._process.send_signal(signal.SIGUSR2)
+                signalled_at = loop.time()
             with contextlib.suppress(HAProxyError):
                 if await self.runtime.process_id() != old_pid:
                     return

@@ -36,11 +36,16 @@ async def _serve(spec: Any, events_fd: int) -> int:
     import uvicorn
 
     from swell._context import ReplicaContext, set_replica_context
+    from swell._dataplane.router import ClusterContext
+    from swell._dataplane.service import ReplicaService
+    from swell._dataplane.service import start_server as start_grpc_server
     from swell._replica.fastapi_view import bind_routes_to_instance
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
     from swell.deployment import Deployment
+    from swell.handle import set_cluster_context
 
+    set_cluster_context(ClusterContext(spec.controller_url, spec.cluster_token))
     try:
         loaded = spec.deployment_ref.load()
         target = loaded.func_or_class if isinstance(loaded, Deployment) else loaded
@@ -62,6 +67,11 @@ async def _serve(spec: Any, events_fd: int) -> int:
         return 1
 
     app = ReplicaASGI(user, spec.route_prefix, ingress_app, spec.config.health_check_timeout_s)
+    service = ReplicaService(
+        user, spec.cluster_token, spec.config.max_ongoing_requests, lambda: app.ongoing
+    )
+    grpc_server, grpc_port = await start_grpc_server(service, spec.host)
+    app.handle_load = service.load
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((spec.host, 0))
@@ -104,8 +114,10 @@ async def _serve(spec: Any, events_fd: int) -> int:
     # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, begin_shutdown)
-    _emit(events_fd, {"event": "ready", "port": port, "pid": os.getpid()})
+    _emit(events_fd, {"event": "ready", "port": port, "pid": os.getpid(), "grpc_port": grpc_port})
     await serving
+    # HTTP has drained; let in-flight handle calls finish within the same grace period.
+    await grpc_server.stop(spec.config.graceful_shutdown_timeout_s)
     return 0
 
 

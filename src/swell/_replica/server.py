@@ -5,17 +5,20 @@ HAProxy denies ``/-/swell/`` to clients, so only HAProxy's checks and the contro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from swell._replica.responses import to_response
 from swell._replica.user_callable import UserCallable
+from swell.exceptions import BackPressureError
 
 CONTROL_PREFIX = "/-/swell/"
 READY_PATH = CONTROL_PREFIX + "ready"
@@ -55,6 +58,7 @@ class ReplicaASGI:
         self._health_timeout_s = health_timeout_s
         self.ongoing = 0
         self.draining = False
+        self.handle_load: Callable[[], int] = lambda: self.ongoing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -70,17 +74,78 @@ class ReplicaASGI:
             scope["root_path"] = scope.get("root_path", "") + self._root_path
         self.ongoing += 1
         try:
-            if self._ingress_app is not None:
+            if kind == "http":
+                await self._serve_http(scope, receive, send)
+            elif self._ingress_app is not None:
                 await self._ingress_app(scope, receive, send)
-            elif kind == "http":
-                await self._call_user(scope, receive, send)
         finally:
             self.ongoing -= 1
+
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the handler, cancelling it (and its handle calls) if the client goes away.
+
+        The body is read first and replayed to the handler, so a watcher can own
+        ``receive()`` and learn of a disconnect while the handler runs.
+        """
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        disconnected = asyncio.Event()
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        handler = asyncio.current_task()
+        assert handler is not None
+        response_done = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal response_done
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_done = True
+            await send(message)
+
+        async def watch() -> None:
+            # uvicorn also answers http.disconnect once the response is complete: only a
+            # disconnect before that means the client went away.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not response_done:
+                disconnected.set()
+                handler.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            if self._ingress_app is not None:
+                await self._ingress_app(scope, replay, tracked_send)
+            else:
+                await self._call_user(scope, replay, tracked_send)
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
+            handler.uncancel()
+        finally:
+            watcher.cancel()
 
     async def _call_user(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             result = await self._user.call_http(Request(scope, receive))
             response = to_response(result)
+        except BackPressureError as error:
+            await _send_plain(send, 503, str(error).encode(), b"text/plain; charset=utf-8")
+            return
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
             message = f"Internal Server Error: {type(error).__name__}: {error}".encode()
@@ -101,7 +166,9 @@ class ReplicaASGI:
                 return
             await _send_plain(send, 200, b"ok", b"text/plain")
         elif path == STATS_PATH:
-            body = json.dumps({"ongoing": self.ongoing, "draining": self.draining}).encode()
+            body = json.dumps(
+                {"ongoing": self.ongoing, "load": self.handle_load(), "draining": self.draining}
+            ).encode()
             await _send_plain(send, 200, body, b"application/json")
         else:
             await _send_plain(send, 404, b"unknown control path", b"text/plain")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -58,6 +58,57 @@ class UserCallable:
     @property
     def has_http_entry(self) -> bool:
         return self._entry is not None
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        if not self._is_class:
+            if name != "__call__":
+                raise AttributeError(
+                    f"function deployment {self._func_or_class.__name__} has only __call__, "
+                    f"not {name!r}"
+                )
+            return self._func_or_class
+        if name.startswith("_") and name != "__call__":
+            raise AttributeError(f"private method {name!r} cannot be called through a handle")
+        method: Callable[..., Any] | None = getattr(self.instance, name, None)
+        if method is None or not callable(method):
+            raise AttributeError(
+                f"{type(self.instance).__name__} has no method {name!r} to call through a handle"
+            )
+        return method
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A handle call: the method's result (a generator here needs stream=True)."""
+        result = await call_maybe_sync(self._method(method), *args, **kwargs)
+        if inspect.isasyncgen(result) or inspect.isgenerator(result):
+            raise TypeError(
+                f"method {method!r} returned a generator; call it with "
+                "handle.options(stream=True) to iterate its results"
+            )
+        return result
+
+    async def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        """A streaming handle call: each item the method's (async) generator yields."""
+        fn = self._method(method)
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = await result
+        if inspect.isasyncgen(result):
+            async for item in result:
+                yield item
+        elif inspect.isgenerator(result):
+            loop = asyncio.get_running_loop()
+            done = object()
+            while True:
+                item = await loop.run_in_executor(None, next, result, done)
+                if item is done:
+                    break
+                yield item
+        else:
+            raise TypeError(
+                f"method {method!r} was called with stream=True but did not return a generator"
+            )
 
     async def call_http(self, request: Request) -> Any:
         if self._entry is None:

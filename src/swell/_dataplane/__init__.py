@@ -1,0 +1,1 @@
+"""The replica-to-replica data plane: gRPC calls straight from caller to callee."""

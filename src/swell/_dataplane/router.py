@@ -1,0 +1,304 @@
+"""Choosing a replica for each handle call: power of two choices, backpressure, retries.
+
+One router per (event loop, deployment) in every calling process. Its replica set is pushed by
+the controller over a long-poll watch; if the controller goes away the last known set keeps
+serving. Calls go straight to the chosen replica over a pooled gRPC channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+import httpx
+
+from swell._dataplane import codec
+from swell._dataplane.service import (
+    ACCEPTED_KEY,
+    CALL_METHOD,
+    QUEUE_KEY,
+    STREAM_METHOD,
+    TOKEN_KEY,
+    UNLIMITED_MESSAGES,
+)
+from swell.exceptions import (
+    BackPressureError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
+
+_WATCH_TIMEOUT_S = 30.0
+_WATCH_RETRY_MAX_S = 5.0
+_REPORT_FRESH_S = 2.0
+_UNREACHABLE_PENALTY_S = 5.0
+_RETRY_WAIT_MAX_S = 0.5
+NO_REPLICA_DEADLINE_S = 120.0
+
+
+@dataclass(frozen=True)
+class ClusterContext:
+    """How this process reaches the controller and proves membership to replicas."""
+
+    controller_url: str
+    token: str
+
+
+@dataclass
+class _ReplicaView:
+    address: str
+    in_flight: int = 0
+    reported_load: int = 0
+    reported_at: float = 0.0
+    unreachable_until: float = 0.0
+
+
+class _Rejected(Exception):
+    """The replica turned the call away before running it: safe to try another."""
+
+    def __init__(self, unreachable: bool) -> None:
+        super().__init__()
+        self.unreachable = unreachable
+
+
+class Router:
+    """Routes one deployment's calls from one event loop."""
+
+    def __init__(self, app_name: str, deployment: str, cluster: ClusterContext) -> None:
+        self._app = app_name
+        self._deployment = deployment
+        self._cluster = cluster
+        self._replicas: dict[str, _ReplicaView] = {}
+        self._version = -1
+        self._max_ongoing = 1_000_000
+        self._max_queued = -1
+        self._waiting = 0
+        self._changed = asyncio.Event()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._metadata = ((TOKEN_KEY, cluster.token),)
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # The replica set ---------------------------------------------------------------------
+
+    def _ensure_watching(self) -> None:
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch(), name=f"swell-router-watch-{self._app}-{self._deployment}"
+            )
+
+    async def _watch(self) -> None:
+        url = (
+            f"{self._cluster.controller_url}/api/swell/replica-sets/{self._app}/{self._deployment}"
+        )
+        delay = 0.1
+        async with httpx.AsyncClient(timeout=_WATCH_TIMEOUT_S + 10) as client:
+            while True:
+                try:
+                    response = await client.get(
+                        url, params={"known_version": self._version, "wait_s": _WATCH_TIMEOUT_S}
+                    )
+                    if response.status_code == 200:
+                        self._apply(response.json())
+                        delay = 0.1
+                        continue
+                except httpx.HTTPError:
+                    pass  # the controller may be restarting: keep the last known set
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _WATCH_RETRY_MAX_S)
+
+    def _apply(self, replica_set: dict[str, Any]) -> None:
+        self._version = int(replica_set["version"])
+        self._max_ongoing = int(replica_set["max_ongoing_requests"])
+        self._max_queued = int(replica_set["max_queued_requests"])
+        addresses: dict[str, str] = replica_set["replicas"]
+        for replica_id in list(self._replicas):
+            if replica_id not in addresses:
+                del self._replicas[replica_id]
+        for replica_id, address in addresses.items():
+            if replica_id not in self._replicas:
+                self._replicas[replica_id] = _ReplicaView(address)
+        live = {view.address for view in self._replicas.values()}
+        for address in list(self._channels):
+            if address not in live:
+                channel = self._channels.pop(address)
+                asyncio.get_running_loop().create_task(channel.close(grace=30.0))
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=UNLIMITED_MESSAGES)
+            self._channels[address] = channel
+        return channel
+
+    async def close(self) -> None:
+        """Stop watching and close the channels (swell is shutting down)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    # Choosing ----------------------------------------------------------------------------
+
+    def _score(self, view: _ReplicaView, now: float) -> int:
+        reported = view.reported_load if now - view.reported_at < _REPORT_FRESH_S else 0
+        return max(view.in_flight, reported)
+
+    def _choose(self, exclude: set[str]) -> str | None:
+        now = time.monotonic()
+        candidates = [
+            replica_id
+            for replica_id, view in self._replicas.items()
+            if replica_id not in exclude
+            and view.unreachable_until <= now
+            and view.in_flight < self._max_ongoing
+        ]
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        first, second = random.sample(candidates, 2)
+        views = self._replicas
+        return (
+            first if self._score(views[first], now) <= self._score(views[second], now) else second
+        )
+
+    async def _assign(self, path: str, payload: bytes) -> tuple[str, Any]:
+        """Find a replica that accepts the call; wait (keeping our place) while all are busy."""
+        if self._max_queued >= 0 and self._waiting >= self._max_queued:
+            raise BackPressureError(
+                f"{self._waiting} requests to deployment '{self._deployment}' are already "
+                f"waiting (max_queued_requests={self._max_queued}); try again later."
+            )
+        self._ensure_watching()
+        self._waiting += 1
+        try:
+            deadline = time.monotonic() + NO_REPLICA_DEADLINE_S
+            tried: set[str] = set()
+            wait_s = 0.005
+            while True:
+                replica_id = self._choose(tried)
+                if replica_id is None:
+                    if not self._replicas and time.monotonic() > deadline:
+                        raise ReplicaUnavailableError(
+                            f"no replica of deployment '{self._deployment}' in app "
+                            f"'{self._app}' became available within {NO_REPLICA_DEADLINE_S}s"
+                        )
+                    changed = self._changed
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), wait_s)
+                    wait_s = min(wait_s * 2, _RETRY_WAIT_MAX_S)
+                    tried.clear()
+                    continue
+                try:
+                    call = await self._start_call(replica_id, path, payload)
+                    return replica_id, call
+                except _Rejected as rejection:
+                    tried.add(replica_id)
+                    if rejection.unreachable:
+                        self._replicas[replica_id].unreachable_until = (
+                            time.monotonic() + _UNREACHABLE_PENALTY_S
+                        )
+        finally:
+            self._waiting -= 1
+
+    async def _start_call(self, replica_id: str, path: str, payload: bytes) -> Any:
+        view = self._replicas[replica_id]
+        channel = self._channel(view.address)
+        # Every call is a server stream on the wire: a unary call's initial metadata (our
+        # "accepted" signal) would only arrive together with its response.
+        stub: Any = channel.unary_stream(path)
+        call: Any = stub(payload, metadata=self._metadata)
+        view.in_flight += 1
+        try:
+            metadata = await call.initial_metadata()
+        except asyncio.CancelledError:
+            call.cancel()
+            self._release(replica_id)
+            raise
+        if metadata is not None and ACCEPTED_KEY in dict(metadata):
+            return call
+        self._release(replica_id)
+        code = await call.code()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise _Rejected(unreachable=False)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise _Rejected(unreachable=True)
+        details = await call.details()
+        raise ReplicaUnavailableError(
+            f"replica {replica_id} refused the call: {code.name}: {details}"
+        )
+
+    def _release(self, replica_id: str) -> None:
+        view = self._replicas.get(replica_id)
+        if view is not None:
+            view.in_flight -= 1
+        self._wake()
+
+    async def _record_load(self, replica_id: str, call: Any) -> None:
+        with contextlib.suppress(Exception):
+            trailing = dict(await call.trailing_metadata() or ())
+            view = self._replicas.get(replica_id)
+            if view is not None and QUEUE_KEY in trailing:
+                view.reported_load = int(trailing[QUEUE_KEY])
+                view.reported_at = time.monotonic()
+
+    # Calling -----------------------------------------------------------------------------
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        payload = codec.dumps((method, args, kwargs))
+        replica_id, call = await self._assign(CALL_METHOD, payload)
+        try:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise ReplicaUnavailableError(
+                    f"replica {replica_id} ended the call without a result: "
+                    f"{(await call.code()).name}: {await call.details()}"
+                )
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except grpc.aio.AioRpcError as error:
+            raise _after_accept_error(replica_id, error) from None
+        finally:
+            self._release(replica_id)
+        await self._record_load(replica_id, call)
+        return codec.decode(response)
+
+    async def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        payload = codec.dumps((method, args, kwargs))
+        replica_id, call = await self._assign(STREAM_METHOD, payload)
+        try:
+            async for message in call:
+                yield codec.decode(message)
+        except grpc.aio.AioRpcError as error:
+            raise _after_accept_error(replica_id, error) from None
+        finally:
+            if not call.done():
+                call.cancel()
+            self._release(replica_id)
+
+
+def _after_accept_error(replica_id: str, error: grpc.aio.AioRpcError) -> Exception:
+    """Once a replica accepted a call, a failure is the caller's to see: never retried."""
+    if error.code() == grpc.StatusCode.CANCELLED:
+        return RequestCancelledError(f"the call to replica {replica_id} was cancelled")
+    return ReplicaUnavailableError(
+        f"replica {replica_id} failed after accepting the call: "
+        f"{error.code().name}: {error.details()}"
+    )

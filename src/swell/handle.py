@@ -1,0 +1,262 @@
+"""Deployment handles: call another deployment's methods, directly over gRPC.
+
+Inside async code a call runs on the caller's own event loop; from sync code (a driver script,
+or a sync method running in a thread) it runs on a background loop owned by swell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import weakref
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from typing import Any
+
+from swell._dataplane.router import ClusterContext, Router
+
+_cluster: ClusterContext | None = None
+_routers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Router]] = (
+    weakref.WeakKeyDictionary()
+)
+_background: asyncio.AbstractEventLoop | None = None
+_background_lock = threading.Lock()
+
+
+def set_cluster_context(context: ClusterContext | None) -> None:
+    """Set by the replica at start and by the driver when swell starts in-process."""
+    global _cluster
+    _cluster = context
+
+
+def close_routers() -> None:
+    """Stop every router's watch and channels; called when swell shuts down in this process."""
+    for loop, routers in list(_routers.items()):
+        if loop.is_closed() or not routers:
+            continue
+        closing = list(routers.values())
+        routers.clear()
+        for router in closing:
+            if loop.is_running() and loop is not _current_loop():
+                asyncio.run_coroutine_threadsafe(router.close(), loop)
+
+
+def _require_cluster() -> ClusterContext:
+    if _cluster is None:
+        raise RuntimeError(
+            "DeploymentHandle calls need a running swell: call swell.run() (or swell.start()) "
+            "first, or make the call from inside a deployment."
+        )
+    return _cluster
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """A loop on a daemon thread, for handle calls made from synchronous code."""
+    global _background
+    with _background_lock:
+        if _background is None or _background.is_closed():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="swell-handle-loop", daemon=True
+            )
+            thread.start()
+            _background = loop
+        return _background
+
+
+def _router(app_name: str, deployment: str) -> Router:
+    loop = asyncio.get_running_loop()
+    routers = _routers.setdefault(loop, {})
+    router = routers.get((app_name, deployment))
+    if router is None:
+        router = Router(app_name, deployment, _require_cluster())
+        routers[(app_name, deployment)] = router
+    return router
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _resolve(value: Any) -> Any:
+    """A DeploymentResponse passed as an argument is awaited first: calls chain."""
+    if isinstance(value, DeploymentResponse):
+        return await value
+    return value
+
+
+class DeploymentResponse:
+    """The pending result of ``handle.remote()``: ``await`` it, or ``.result()`` in sync code."""
+
+    def __init__(
+        self,
+        task: asyncio.Task[Any] | None = None,
+        future: concurrent.futures.Future[Any] | None = None,
+    ) -> None:
+        self._task = task
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._task is not None and self._task.get_loop() is _current_loop():
+            return (yield from self._task.__await__())
+        if self._task is not None:
+            raise RuntimeError("a DeploymentResponse can only be awaited on the loop that made it")
+        assert self._future is not None
+        return (yield from asyncio.wrap_future(self._future).__await__())
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        """Block until the result is there (not from inside the loop that runs the call)."""
+        if self._future is None:
+            raise RuntimeError(
+                "result() would block the event loop this call runs on; use `await response`."
+            )
+        try:
+            return self._future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"no result within {timeout_s}s") from None
+
+    def cancel(self) -> None:
+        """Cancel the call; the callee's task gets CancelledError."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._future is not None:
+            self._future.cancel()
+
+
+class DeploymentResponseGenerator:
+    """The items a streaming call yields: ``async for`` in async code, ``for`` in sync code."""
+
+    def __init__(self, handle: DeploymentHandle, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self._handle = handle
+        self._args = args
+        self._kwargs = kwargs
+        self._loop = _current_loop()
+        self._stream: AsyncIterator[Any] | None = None
+        if self._loop is None:
+            self._loop = _background_loop()
+            self._in_loop = False
+        else:
+            self._in_loop = True
+
+    async def _open(self) -> AsyncIterator[Any]:
+        if self._stream is None:
+            args = tuple([await _resolve(a) for a in self._args])
+            kwargs = {k: await _resolve(v) for k, v in self._kwargs.items()}
+            router = _router(self._handle.app_name, self._handle.deployment_name)
+            self._stream = router.stream(self._handle.method_name, args, kwargs)
+        return self._stream
+
+    async def _next(self) -> Any:
+        stream = await self._open()
+        return await stream.__anext__()
+
+    def __aiter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._in_loop:
+            return await self._next()
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._in_loop:
+            raise RuntimeError("iterate a streaming response with `async for` in async code")
+        assert self._loop is not None
+        try:
+            return asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def cancel(self) -> None:
+        """Stop the stream; the callee's generator gets CancelledError."""
+        stream = self._stream
+        if stream is None or self._loop is None:
+            return
+        closing: Coroutine[Any, Any, None] = stream.aclose()  # type: ignore[attr-defined]
+        if self._in_loop:
+            self._loop.create_task(closing)
+        else:
+            asyncio.run_coroutine_threadsafe(closing, self._loop)
+
+
+class DeploymentHandle:
+    """Calls one deployment of one application: ``handle.method.remote(*args)``."""
+
+    def __init__(
+        self,
+        deployment_name: str,
+        app_name: str,
+        *,
+        method_name: str = "__call__",
+        stream: bool = False,
+    ) -> None:
+        self.deployment_name = deployment_name
+        self.app_name = app_name
+        self.method_name = method_name
+        self.stream = stream
+
+    def options(
+        self,
+        *,
+        method_name: str | None = None,
+        stream: bool | None = None,
+        **unsupported: Any,
+    ) -> DeploymentHandle:
+        if unsupported:
+            raise TypeError(
+                f"DeploymentHandle.options() got unsupported option(s) {sorted(unsupported)}; "
+                "swell supports method_name and stream."
+            )
+        return DeploymentHandle(
+            self.deployment_name,
+            self.app_name,
+            method_name=self.method_name if method_name is None else method_name,
+            stream=self.stream if stream is None else stream,
+        )
+
+    def __getattr__(self, name: str) -> DeploymentHandle:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.options(method_name=name)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Start the call now; returns a DeploymentResponse (or a generator with stream=True)."""
+        _require_cluster()
+        if self.stream:
+            return DeploymentResponseGenerator(self, args, kwargs)
+        coro = self._call(args, kwargs)
+        loop = _current_loop()
+        if loop is not None:
+            return DeploymentResponse(task=loop.create_task(coro))
+        return DeploymentResponse(future=asyncio.run_coroutine_threadsafe(coro, _background_loop()))
+
+    async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        resolved_args = tuple([await _resolve(a) for a in args])
+        resolved_kwargs = {k: await _resolve(v) for k, v in kwargs.items()}
+        router = _router(self.app_name, self.deployment_name)
+        return await router.call(self.method_name, resolved_args, resolved_kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_handle,
+            (self.deployment_name, self.app_name, self.method_name, self.stream),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DeploymentHandle(deployment={self.deployment_name!r}, app={self.app_name!r}, "
+            f"method={self.method_name!r})"
+        )
+
+
+def _rebuild_handle(
+    deployment_name: str, app_name: str, method_name: str, stream: bool
+) -> DeploymentHandle:
+    return DeploymentHandle(deployment_name, app_name, method_name=method_name, stream=stream)

@@ -1,0 +1,204 @@
+"""Handles: calls between replicas over direct gRPC, through real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+import swell
+from swell.handle import DeploymentHandle
+from tests.integration import apps
+from tests.integration.conftest import Swell, wait_until
+
+
+def model_replicas(app: str = "default") -> list[swell.serve_status.ReplicaStatus]:
+    return swell.status().applications[app].deployments["Model"].replicas
+
+
+def test_composition_and_chaining_through_http(serve: Swell) -> None:
+    swell.run(apps.composed_app)
+    assert serve.client.post("/", json={"x": [1, 2, 3]}).json() == {"y": 7.0, "chained": 3.5}
+
+
+def test_driver_handles_sync_async_and_streaming(serve: Swell) -> None:
+    ingress = swell.run(apps.composed_app)
+    assert isinstance(ingress, DeploymentHandle)
+    assert swell.get_app_handle("default").deployment_name == "Composer"
+    model = swell.get_deployment_handle("Model", "default")
+    assert model.predict.remote([1.0, 2.0]).result(timeout_s=30) == 3.0
+    assert list(model.options(stream=True).tokens.remote(3)) == ["tok0 ", "tok1 ", "tok2 "]
+
+    async def from_async_code() -> tuple[float, list[str]]:
+        value = await model.predict.remote([2.0, 2.0])
+        streamed = [t async for t in model.options(stream=True, method_name="tokens").remote(2)]
+        return value, streamed
+
+    assert asyncio.run(from_async_code()) == (4.0, ["tok0 ", "tok1 "])
+    # Both replicas of Model take calls.
+    seen = {model.whoami.remote().result(timeout_s=30) for _ in range(40)}
+    assert seen == {r.replica_id for r in model_replicas()}
+
+
+def test_hundred_megabyte_payloads(serve: Swell) -> None:
+    swell.run(apps.single_model_app)
+    model = swell.get_deployment_handle("Model", "default")
+    payload = os.urandom(1024) * (100 * 1024)
+    assert model.echo_size.remote(payload).result(timeout_s=60) == len(payload)
+    assert model.echo.remote(payload).result(timeout_s=60) == payload
+
+
+def test_remote_exception_carries_type_message_and_traceback(serve: Swell) -> None:
+    swell.run(apps.single_model_app)
+    model = swell.get_deployment_handle("Model", "default")
+    with pytest.raises(swell.RemoteError) as caught:
+        model.fail.remote("no such key").result(timeout_s=30)
+    error = caught.value
+    assert error.remote_type == "KeyError"
+    assert "no such key" in error.remote_message
+    assert "raise KeyError(message)" in error.remote_traceback
+    assert isinstance(error.cause, KeyError)
+    # Asking for a method that does not exist is an error too, not a hang.
+    with pytest.raises(swell.RemoteError, match="no method 'nope'"):
+        model.nope.remote().result(timeout_s=30)
+
+
+def test_cancel_reaches_the_callee(serve: Swell, tmp_path: Path) -> None:
+    swell.run(apps.single_model_app)
+    model = swell.get_deployment_handle("Model", "default")
+    marker = tmp_path / "hang"
+    response = model.hang.remote(str(marker))
+    wait_until(marker.exists, 30, "the callee to start")
+    response.cancel()
+    wait_until(Path(f"{marker}.cancelled").exists, 30, "the callee's task to be cancelled")
+
+
+def test_client_disconnect_cancels_downstream_calls(serve: Swell, tmp_path: Path) -> None:
+    swell.run(apps.composed_app)
+    marker = tmp_path / "hang"
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as client:
+        client.sendall(f"GET /hang?marker={marker} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        wait_until(marker.exists, 30, "the model call to start")
+    wait_until(Path(f"{marker}.cancelled").exists, 30, "the model's task to be cancelled")
+
+
+def test_slow_stream_consumer_bounds_the_producer(serve: Swell) -> None:
+    swell.run(apps.single_model_app)
+    model = swell.get_deployment_handle("Model", "default")
+    stream = model.options(stream=True).firehose.remote(5000, 64 * 1024)
+    first = next(iter(stream))
+    assert len(first) == 64 * 1024
+    counts: list[int] = []
+
+    def settled() -> bool:
+        counts.append(model.produced_so_far.remote().result(timeout_s=30))
+        return len(counts) >= 3 and counts[-1] == counts[-2] == counts[-3]
+
+    wait_until(settled, 30, "the producer to stop producing while nobody reads")
+    # Flow control stops it after a bounded number of 64 KiB chunks, far from all 5000.
+    assert counts[-1] < 500
+    stream.cancel()
+
+
+def test_max_queued_requests_answers_503(serve: Swell, tmp_path: Path) -> None:
+    swell.run(apps.gated_app)
+    gate = tmp_path / "gate"
+    statuses: list[int] = []
+
+    def call() -> None:
+        statuses.append(serve.client.get("/", params={"gate": str(gate)}).status_code)
+
+    first = threading.Thread(target=call)
+    first.start()
+    wait_until(lambda: _gated_load() == 1, 30, "the first call to occupy Gated")
+    second = threading.Thread(target=call)
+    second.start()
+    # The second waits in GateCaller's queue (max_queued_requests=1); the third is refused.
+    wait_until(lambda: _queued_in_caller() == 1, 30, "the second call to queue")
+    third = serve.client.get("/", params={"gate": str(gate)})
+    assert third.status_code == 503
+    assert "max_queued_requests=1" in third.text
+    gate.touch()
+    first.join(30)
+    second.join(30)
+    assert statuses == [200, 200]
+
+
+def _gated_load() -> int:
+    import httpx
+
+    replica = swell.status().applications["default"].deployments["Gated"].replicas[0]
+    return int(httpx.get(f"http://{replica.address}/-/swell/stats").json()["load"])
+
+
+def _queued_in_caller() -> int:
+    import httpx
+
+    replica = swell.status().applications["default"].deployments["GateCaller"].replicas[0]
+    # The caller's ingress replica has two requests in flight: one running, one queued.
+    return int(httpx.get(f"http://{replica.address}/-/swell/stats").json()["ongoing"]) - 1
+
+
+def test_calls_without_the_cluster_token_are_refused(serve: Swell) -> None:
+    swell.run(apps.single_model_app)
+    address = model_replicas()[0].grpc_address
+    assert address is not None and address.startswith("127.0.0.1:")
+
+    async def call(metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                await channel.unary_unary("/swell.Replica/Call")(b"x", metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    assert asyncio.run(call(())) == grpc.StatusCode.UNAUTHENTICATED
+    assert asyncio.run(call((("swell-token", "guess"),))) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_callee_killed_mid_load(serve: Swell) -> None:
+    swell.run(apps.composed_app)
+    model = swell.get_deployment_handle("Model", "default")
+    victim = model_replicas()[0]
+    assert victim.pid is not None
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                model.predict.remote([1.0]).result(timeout_s=30)
+                outcomes.append("ok")
+            except swell.ReplicaUnavailableError:
+                outcomes.append("unavailable")
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_until(lambda: len(outcomes) > 50, 30, "load to start")
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                victim.replica_id not in {r.replica_id for r in model_replicas()}
+                and len(model_replicas()) == 2
+            ),
+            30,
+            "the killed replica to be replaced",
+        )
+        after_kill = len(outcomes)
+        wait_until(lambda: len(outcomes) > after_kill + 50, 30, "more calls to complete")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    # Only calls the dead replica had accepted may fail (at most one per worker), and the
+    # caller keeps working afterwards.
+    assert outcomes.count("unavailable") <= len(workers)
+    assert outcomes[-20:] == ["ok"] * 20
