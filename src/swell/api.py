@@ -19,9 +19,10 @@ from swell._context import get_replica_context as _get_replica_context
 from swell._controller.controller import Controller, DeploymentTarget
 from swell._import_path import load_application
 from swell._instance import SwellInstance
-from swell._spec import reference_to
+from swell._spec import CallableRef, reference_to
 from swell.config import (
     ControllerOptions,
+    DeploymentConfig,
     DeploymentOverride,
     HTTPOptions,
     RunOptions,
@@ -130,6 +131,34 @@ def start(
             _atexit_registered.set()
 
 
+def _code_version(
+    dep: Deployment,
+    ref: CallableRef,
+    init_args: bytes,
+    config: DeploymentConfig,
+    env: RuntimeEnv,
+) -> str:
+    """Changes when replicas must be replaced: code, arguments, environment, resources.
+
+    Replica count, autoscaling, queue limits and user_config are left out: those are
+    applied to live replicas in place.
+    """
+    digest = hashlib.sha256()
+    digest.update(repr((ref.module, ref.attribute, ref.pickled)).encode())
+    digest.update(init_args)
+    digest.update(repr(sorted(config.ray_actor_options.items())).encode())
+    digest.update(str(config.max_ongoing_requests).encode())
+    digest.update(env.model_dump_json().encode())
+    try:
+        source = inspect.getsourcefile(dep.func_or_class)
+        if source is not None:
+            with open(source, "rb") as code:
+                digest.update(code.read())
+    except (OSError, TypeError):
+        pass  # built-in or generated code: the reference and pickle above stand for it
+    return digest.hexdigest()[:12]
+
+
 def _as_handle(value: Any, app_name: str) -> Any:
     if isinstance(value, Application):
         return DeploymentHandle(value.ingress_name, app_name)
@@ -171,9 +200,7 @@ def _targets(
             raise ConfigError(
                 f"The arguments bound to deployment '{dep.name}' cannot be pickled: {error}"
             ) from error
-        digest = hashlib.sha256(
-            repr((ref.module, ref.attribute, ref.pickled)).encode() + init_args
-        ).hexdigest()[:12]
+        digest = _code_version(dep, ref, init_args, config, env)
         targets.append(
             DeploymentTarget(
                 name=dep.name,

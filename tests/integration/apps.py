@@ -265,3 +265,35 @@ class GateCaller:
 
 gated_app = GateCaller.bind(Gated.bind())
 single_model_app = Model.options(num_replicas=1).bind()
+
+
+@swell.deployment(num_replicas=2, graceful_shutdown_timeout_s=60, max_ongoing_requests=50)
+class Versioned:
+    """Answers with its version; can stream slowly, and can refuse to start (broken update)."""
+
+    def __init__(self, version: str, broken: bool = False) -> None:
+        if broken:
+            raise RuntimeError(f"version {version} cannot load its model")
+        self.version = version
+        self.config: Any = None
+
+    def reconfigure(self, config: Any) -> None:
+        self.config = config
+
+    async def __call__(self, request: Request) -> Any:
+        if request.url.path == "/stream":
+            seconds = float(request.query_params["seconds"])
+
+            async def ticks() -> AsyncIterator[bytes]:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    yield f"{self.version}\n".encode()
+                    await asyncio.sleep(0.5)
+                yield b"end\n"
+
+            return StreamingResponse(ticks(), media_type="text/plain")
+        return {
+            "version": self.version,
+            "config": self.config,
+            "replica": swell.get_replica_context().replica_id,
+        }

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,8 @@ logger = logging.getLogger("swell.controller")
 
 _TICK_S = 0.1
 _HEALTH_PATH = "/-/swell/health"
+_RECONFIGURE_PATH = "/-/swell/reconfigure"
+TOKEN_HEADER = "x-swell-token"
 
 
 class IngressManager(Protocol):
@@ -74,6 +77,12 @@ class _Deployment:
                 return
         else:
             self.replica_set[replica_id] = grpc_address
+        self.set_version += 1
+        self.set_changed.set()
+        self.set_changed = asyncio.Event()
+
+    def publish_limits(self) -> None:
+        """The queue limit changed: routers learn it through the same watch."""
         self.set_version += 1
         self.set_changed.set()
         self.set_changed = asyncio.Event()
@@ -190,19 +199,82 @@ class Controller:
                     f"'{other.name}'; choose another prefix or delete that application first."
                 )
         existing = self._apps.get(name)
-        if existing is not None:
+        if existing is not None and existing.route_prefix != route_prefix:
+            # Moving an app means new HAProxy servers under a new backend: start it afresh.
             await self.delete_app(name)
-        deployments = {
-            t.name: _Deployment(
-                t,
-                DeploymentState(t.name, t.config.target_replicas(), t.config.health_check_period_s),
-            )
-            for t in targets
-        }
-        self._apps[name] = _App(name, route_prefix, deployments, time.time())
-        if route_prefix is not None:
-            await self._ingress.set_route(name, route_prefix)
+            existing = None
+        if existing is None:
+            deployments = {t.name: self._new_deployment(t) for t in targets}
+            self._apps[name] = _App(name, route_prefix, deployments, time.time())
+            if route_prefix is not None:
+                await self._ingress.set_route(name, route_prefix)
+        else:
+            self._update_app(existing, targets)
         self._wake.set()
+
+    @staticmethod
+    def _new_deployment(target: DeploymentTarget) -> _Deployment:
+        state = DeploymentState(
+            target.name, target.config.target_replicas(), target.config.health_check_period_s
+        )
+        state.set_version(target.version)
+        return _Deployment(target, state)
+
+    def _update_app(self, app: _App, targets: list[DeploymentTarget]) -> None:
+        """Apply a new config to a running app, each change in the cheapest safe way.
+
+        Same code version: replica count, autoscaling and queue limits change in place, and a
+        new user_config reaches live replicas through reconfigure(). A new code version
+        (code, args, runtime_env, ray_actor_options, max_ongoing_requests) rolls: new replicas
+        start, join when healthy, and only then do old ones drain and stop.
+        """
+        wanted = {t.name for t in targets}
+        for name in [n for n in app.deployments if n not in wanted]:
+            removed = app.deployments.pop(name)
+            for replica_id in list(removed.runtimes):
+                self._spawn(
+                    self._stop_replica(app, removed, replica_id), f"swell-stop-{replica_id}"
+                )
+        for target in targets:
+            deployment = app.deployments.get(target.name)
+            if deployment is None:
+                app.deployments[target.name] = self._new_deployment(target)
+                continue
+            previous = deployment.target
+            deployment.target = target
+            deployment.state.target = target.config.target_replicas()
+            deployment.state.health_check_period_s = target.config.health_check_period_s
+            deployment.state.set_version(target.version)
+            if previous.version == target.version:
+                if previous.config.user_config != target.config.user_config:
+                    for replica_id, record in deployment.state.replicas.items():
+                        if record.address is not None and record.version == target.version:
+                            self._spawn(
+                                self._reconfigure(deployment, replica_id, record.address),
+                                f"swell-reconfigure-{replica_id}",
+                            )
+                if previous.config.max_queued_requests != target.config.max_queued_requests:
+                    deployment.publish_limits()
+        app.deployed_at = time.time()
+
+    async def _reconfigure(self, deployment: _Deployment, replica_id: str, address: str) -> None:
+        """Hand a live replica its new user_config; one that rejects it is replaced."""
+        try:
+            response = await self._http.post(
+                f"http://{address}{_RECONFIGURE_PATH}",
+                content=pickle.dumps(deployment.target.config.user_config),
+                headers={TOKEN_HEADER: self.cluster_token},
+                timeout=deployment.target.config.health_check_timeout_s,
+            )
+            ok, detail = response.status_code == 200, response.text
+        except httpx.HTTPError as error:
+            ok, detail = False, f"{type(error).__name__}: {error}"
+        if not ok:
+            record = deployment.state.replicas.get(replica_id)
+            if record is not None:
+                record.replace = True
+            deployment.state.last_error = f"reconfigure() failed on {replica_id}: {detail}"
+            self._wake.set()
 
     async def delete_app(self, name: str) -> None:
         """Drain and stop every replica of the app, then drop its route."""
@@ -387,6 +459,7 @@ class Controller:
             DeploymentStatus.DEPLOY_FAILED,
             DeploymentStatus.UNHEALTHY,
             DeploymentStatus.DEPLOYING,
+            DeploymentStatus.UPDATING,
             DeploymentStatus.HEALTHY,
         ]
         result = {}
@@ -400,6 +473,7 @@ class Controller:
         app_status_names = {
             DeploymentStatus.HEALTHY: "RUNNING",
             DeploymentStatus.DEPLOYING: "DEPLOYING",
+            DeploymentStatus.UPDATING: "DEPLOYING",
             DeploymentStatus.UNHEALTHY: "UNHEALTHY",
             DeploymentStatus.DEPLOY_FAILED: "DEPLOY_FAILED",
         }

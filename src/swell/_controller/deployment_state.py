@@ -23,6 +23,7 @@ class ReplicaState(StrEnum):
 
 class DeploymentStatus(StrEnum):
     DEPLOYING = "DEPLOYING"
+    UPDATING = "UPDATING"
     HEALTHY = "HEALTHY"
     UNHEALTHY = "UNHEALTHY"
     DEPLOY_FAILED = "DEPLOY_FAILED"
@@ -39,6 +40,7 @@ class ReplicaRecord:
     health_check_in_flight: bool = False
     failed_health_checks: int = 0
     replace: bool = False
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,23 @@ class DeploymentState:
     retry_at: float = 0.0
     last_error: str | None = None
     ever_healthy: bool = False
+    version: str = ""
 
     # Events -------------------------------------------------------------------------------
 
     def on_started(self, replica_id: str, now: float, pid: int | None = None) -> None:
-        self.replicas[replica_id] = ReplicaRecord(replica_id, ReplicaState.STARTING, now, pid=pid)
+        """A replica of the current target version was launched."""
+        self.replicas[replica_id] = ReplicaRecord(
+            replica_id, ReplicaState.STARTING, now, pid=pid, version=self.version
+        )
+
+    def set_version(self, version: str) -> None:
+        """A new code version: replicas of other versions are replaced, rolling."""
+        if version != self.version:
+            self.version = version
+            self.failed_attempts = 0
+            self.retry_at = 0.0
+            self.last_error = None
 
     def on_ready(self, replica_id: str, address: str, pid: int, now: float) -> None:
         record = self.replicas.get(replica_id)
@@ -123,7 +137,17 @@ class DeploymentState:
     # Decisions ----------------------------------------------------------------------------
 
     def running_count(self) -> int:
-        return sum(1 for r in self.replicas.values() if r.state is ReplicaState.RUNNING)
+        return sum(
+            1
+            for r in self.replicas.values()
+            if r.state is ReplicaState.RUNNING and r.version == self.version
+        )
+
+    def has_old_versions(self) -> bool:
+        return any(
+            r.version != self.version and r.state is not ReplicaState.STOPPING
+            for r in self.replicas.values()
+        )
 
     def plan(self, now: float) -> Plan:
         if self.running_count() >= self.target > 0:
@@ -133,11 +157,13 @@ class DeploymentState:
             for r in self.replicas.values()
             if r.replace and r.state is not ReplicaState.STOPPING
         ]
-        live = [
+        serving = [
             r
             for r in self.replicas.values()
             if r.state is not ReplicaState.STOPPING and not r.replace
         ]
+        live = [r for r in serving if r.version == self.version]
+        stop += self._retire_old_versions(serving, live)
         start = 0
         if len(live) < self.target:
             if now >= self.retry_at:
@@ -151,20 +177,51 @@ class DeploymentState:
             stop += [r.replica_id for r in surplus[: len(live) - self.target]]
         check = tuple(
             r.replica_id
-            for r in live
+            for r in serving
             if r.state is ReplicaState.RUNNING
             and not r.health_check_in_flight
             and now - r.last_health_check_at >= self.health_check_period_s
         )
         return Plan(start=start, stop=tuple(stop), check_health=check)
 
+    def _retire_old_versions(
+        self, serving: list[ReplicaRecord], current: list[ReplicaRecord]
+    ) -> list[str]:
+        """Old-version replicas to stop now: one for each current-version replica that is up.
+
+        Until the new version runs, the old one keeps serving, so an update that cannot
+        become healthy never takes capacity away.
+        """
+        old = [r for r in serving if r.version != self.version]
+        if not old:
+            return []
+        retire = [r.replica_id for r in old if r.state is ReplicaState.STARTING]
+        old_running = [r for r in old if r.state is ReplicaState.RUNNING]
+        current_running = sum(1 for r in current if r.state is ReplicaState.RUNNING)
+        excess = len(old_running) + current_running - self.target
+        if self.target == 0:
+            excess = len(old_running)
+        old_running.sort(key=lambda r: r.started_at)
+        retire += [r.replica_id for r in old_running[: max(0, excess)]]
+        return retire
+
     def status(self) -> tuple[DeploymentStatus, str]:
         running = self.running_count()
-        if running >= self.target and not any(
-            r.state is ReplicaState.STARTING for r in self.replicas.values()
+        old = self.has_old_versions()
+        if (
+            running >= self.target
+            and not old
+            and not any(r.state is ReplicaState.STARTING for r in self.replicas.values())
         ):
             return DeploymentStatus.HEALTHY, ""
         message = self.last_error or ""
+        if old and self.failed_attempts >= FAILED_AFTER_ATTEMPTS:
+            return DeploymentStatus.DEPLOY_FAILED, (
+                f"the update cannot become healthy ({self.failed_attempts} failed attempts); "
+                f"the previous version keeps serving. Last error:\n{message}"
+            )
+        if old:
+            return DeploymentStatus.UPDATING, message
         if running == 0 and self.failed_attempts >= FAILED_AFTER_ATTEMPTS:
             return DeploymentStatus.DEPLOY_FAILED, (
                 f"{self.failed_attempts} attempts to start a replica failed; retrying with "

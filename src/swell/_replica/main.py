@@ -66,7 +66,13 @@ async def _serve(spec: Any, events_fd: int) -> int:
         _emit(events_fd, {"event": "failed", "error": traceback.format_exc()})
         return 1
 
-    app = ReplicaASGI(user, spec.route_prefix, ingress_app, spec.config.health_check_timeout_s)
+    app = ReplicaASGI(
+        user,
+        spec.route_prefix,
+        ingress_app,
+        spec.config.health_check_timeout_s,
+        spec.cluster_token,
+    )
     service = ReplicaService(
         user, spec.cluster_token, spec.config.max_ongoing_requests, lambda: app.ongoing
     )

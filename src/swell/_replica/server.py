@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
 import sys
 import traceback
 from collections.abc import Callable
@@ -24,6 +25,8 @@ CONTROL_PREFIX = "/-/swell/"
 READY_PATH = CONTROL_PREFIX + "ready"
 HEALTH_PATH = CONTROL_PREFIX + "health"
 STATS_PATH = CONTROL_PREFIX + "stats"
+RECONFIGURE_PATH = CONTROL_PREFIX + "reconfigure"
+TOKEN_HEADER = "x-swell-token"
 
 logger = logging.getLogger("swell.replica")
 
@@ -51,7 +54,9 @@ class ReplicaASGI:
         route_prefix: str | None,
         ingress_app: Any,
         health_timeout_s: float,
+        token: str = "",
     ) -> None:
+        self._token = token
         self._user = user
         self._root_path = "" if route_prefix in (None, "/") else route_prefix
         self._ingress_app = ingress_app
@@ -68,7 +73,7 @@ class ReplicaASGI:
             return
         path: str = scope["path"]
         if kind == "http" and path.startswith(CONTROL_PREFIX):
-            await self._control(path, send)
+            await self._control(path, scope, receive, send)
             return
         if self._root_path:
             scope["root_path"] = scope.get("root_path", "") + self._root_path
@@ -139,6 +144,23 @@ class ReplicaASGI:
         finally:
             watcher.cancel()
 
+    async def _reconfigure(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST from the controller only (it carries the cluster token): a new user_config."""
+        headers = dict(scope.get("headers", []))
+        if scope.get("method") != "POST" or headers.get(TOKEN_HEADER.encode()) != (
+            self._token.encode()
+        ):
+            await _send_plain(send, 403, b"forbidden", b"text/plain")
+            return
+        body = await Request(scope, receive).body()
+        try:
+            await self._user.reconfigure(pickle.loads(body))
+        except Exception as error:
+            detail = f"{type(error).__name__}: {error}".encode()
+            await _send_plain(send, 500, detail, b"text/plain")
+            return
+        await _send_plain(send, 200, b"ok", b"text/plain")
+
     async def _call_user(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             result = await self._user.call_http(Request(scope, receive))
@@ -153,8 +175,10 @@ class ReplicaASGI:
             return
         await response(scope, receive, send)
 
-    async def _control(self, path: str, send: Send) -> None:
-        if path == READY_PATH:
+    async def _control(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        if path == RECONFIGURE_PATH:
+            await self._reconfigure(scope, receive, send)
+        elif path == READY_PATH:
             status = 503 if self.draining else 200
             await _send_plain(send, status, b"draining" if self.draining else b"ok", b"text/plain")
         elif path == HEALTH_PATH:
