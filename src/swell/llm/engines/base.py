@@ -16,6 +16,8 @@ from typing import Literal, Protocol, runtime_checkable
 from swell.llm.errors import ContextLengthExceededError, InvalidRequestError
 
 FinishReason = Literal["stop", "length"]
+# How a request ended in the engine: as a generation does, or stopped early.
+DoneReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +76,20 @@ class GenerationChunk:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestDone:
+    """What became of one request in the engine, reported once it stopped working on it.
+
+    ``cancelled``: its consumer went away (or the engine stopped) and the engine stopped
+    generating for it; ``completion_tokens`` is how far it got.
+    """
+
+    request_id: str
+    reason: DoneReason
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @runtime_checkable

@@ -25,13 +25,17 @@ from typing import Any, Literal
 
 from swell.llm.engines.base import (
     ChatTurn,
+    DoneReason,
     FinishReason,
     GenerationChunk,
     GenerationRequest,
     LLMEngine,
+    RequestDone,
     check_context,
 )
 from swell.llm.errors import EngineOverloadedError, InvalidRequestError, LLMError
+
+__all__ = ["LlamaCppEngine", "RequestDone", "StopStringMatcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +45,6 @@ DEFAULT_N_CTX = 4096
 # How long shutdown() waits for the worker to finish the token it is computing.
 SHUTDOWN_TIMEOUT_S = 30.0
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
-
-DoneReason = Literal["stop", "length", "cancelled", "error"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequestDone:
-    """What became of one request, passed to ``on_request_done`` from the worker thread."""
-
-    request_id: str
-    reason: DoneReason
-    prompt_tokens: int
-    completion_tokens: int
-
 
 class StopStringMatcher:
     """Turns the bytes of generated tokens into text, cut before the first stop string.

@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import logging
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 from swell.llm.engines.base import (
     ChatTurn,
+    DoneReason,
     GenerationChunk,
     GenerationRequest,
     LLMEngine,
+    RequestDone,
     check_context,
 )
 from swell.llm.errors import InvalidRequestError, LLMError
 
+logger = logging.getLogger(__name__)
+
 
 class VLLMEngine(LLMEngine):
-    """One model (a Hugging Face repository id or a local directory) on vLLM."""
+    """One model (a Hugging Face repository id or a local directory) on vLLM.
+
+    ``on_request_done`` is called on the event loop when a request ends, however it ended:
+    after vLLM has aborted it, for one that was cancelled (for metrics and logs).
+    """
 
     def __init__(
         self,
@@ -31,6 +40,7 @@ class VLLMEngine(LLMEngine):
         *,
         model_id: str | None = None,
         engine_kwargs: Mapping[str, Any] | None = None,
+        on_request_done: Callable[[RequestDone], None] | None = None,
     ) -> None:
         kwargs = dict(engine_kwargs or {})
         if "model" in kwargs:
@@ -41,6 +51,7 @@ class VLLMEngine(LLMEngine):
         self.model_source = model_source
         self.model_id = model_id or model_source
         self._engine_kwargs = kwargs
+        self._on_request_done = on_request_done
         self._engine: Any = None  # vllm.AsyncLLMEngine
         self._tokenizer: Any = None  # the Hugging Face tokenizer vLLM loaded
         self._context_length = 0
@@ -122,6 +133,7 @@ class VLLMEngine(LLMEngine):
             output_kind=self._delta_kind,
         )
         completion_tokens = 0
+        reason: DoneReason = "cancelled"
         # Closing or cancelling this generator closes vLLM's, which aborts the request.
         outputs = self._engine.generate(
             {"prompt_token_ids": prompt_ids}, params, request_id=request.request_id
@@ -133,11 +145,27 @@ class VLLMEngine(LLMEngine):
                 finish = completion.finish_reason
                 if finish is not None and finish not in ("stop", "length"):
                     raise LLMError(f"vLLM ended the request with finish_reason {finish!r}")
+                if finish is not None:
+                    reason = finish
                 yield GenerationChunk(completion.text, len(prompt_ids), completion_tokens, finish)
                 if finish is not None:
                     return
+        except Exception:
+            reason = "error"
+            raise
         finally:
             await outputs.aclose()
+            self._done(request, reason, len(prompt_ids), completion_tokens)
+
+    def _done(
+        self, request: GenerationRequest, reason: DoneReason, prompt: int, completion: int
+    ) -> None:
+        if self._on_request_done is None:
+            return
+        try:
+            self._on_request_done(RequestDone(request.request_id, reason, prompt, completion))
+        except Exception:
+            logger.exception("on_request_done raised")
 
     def _check_running(self) -> None:
         if self._engine is None:
