@@ -16,20 +16,53 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cloudpickle
 import uvicorn
 
 from swell._controller.admin_api import build_admin_app
-from swell._controller.controller import Controller
+from swell._controller.controller import Controller, DeploymentTarget
 from swell._dataplane.router import ClusterContext
 from swell._engines.local import LocalEngine
 from swell._ingress.haproxy_manager import HAProxyManager, ensure_port_free
-from swell.config import ControllerOptions, HTTPOptions
+from swell.config import ControllerOptions, HTTPOptions, RunOptions, ServeConfig, validate_model
+from swell.exceptions import ConfigError
 from swell.handle import close_routers, set_cluster_context
 
 T = TypeVar("T")
 
 _START_DEADLINE_S = 60.0
+_PREPARE_DEADLINE_S = 300.0
 _STOP_DEADLINE_S = 120.0
+
+
+async def _prepare_in_subprocess(
+    config: ServeConfig,
+) -> list[tuple[RunOptions, list[DeploymentTarget]]]:
+    """Import the config's applications in a fresh process; its errors become ConfigError."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "swell._prepare",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(
+            process.communicate(config.model_dump_json().encode()), _PREPARE_DEADLINE_S
+        )
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise ConfigError(
+            f"Importing the config's applications took longer than {_PREPARE_DEADLINE_S}s"
+        ) from None
+    if process.returncode != 0:
+        raise ConfigError(
+            err.decode(errors="replace").strip() or "the config could not be imported"
+        )
+    prepared: list[tuple[RunOptions, list[DeploymentTarget]]] = cloudpickle.loads(out)
+    return prepared
 
 
 def _loopback_for(host: str) -> str:
@@ -53,6 +86,7 @@ class SwellInstance:
         self.controller: Controller | None = None
         self.ingress: HAProxyManager | None = None
         self.admin_port: int | None = None
+        self.applied_config: dict[str, Any] | None = None
 
     # Called from the user's thread --------------------------------------------------------
 
@@ -80,10 +114,69 @@ class SwellInstance:
 
         return self.call(read, 10.0)
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(_STOP_DEADLINE_S)
+
+    # On the controller's thread: the admin API's backend ---------------------------------
+
+    def status_document(self) -> dict[str, Any]:
+        assert self.controller is not None
+        return self._full_status(self.controller)
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def watch_replica_set(
+        self, app_name: str, deployment: str, known_version: int, wait_s: float
+    ) -> dict[str, Any] | None:
+        assert self.controller is not None
+        return await self.controller.watch_replica_set(app_name, deployment, known_version, wait_s)
+
+    async def apply_config(self, document: Any) -> None:
+        """A PUT of the whole config: validated in a fresh process before anything changes."""
+        config: ServeConfig = validate_model(ServeConfig, document, "config")
+        self._check_http_options(config.http_options)
+        prepared = await _prepare_in_subprocess(config)
+        await self.deploy(prepared, declarative=True)
+        self.applied_config = config.model_dump(mode="json", exclude_unset=True)
+
+    def _check_http_options(self, wanted: HTTPOptions) -> None:
+        for field in ("host", "port"):
+            if field in wanted.model_fields_set and getattr(wanted, field) != getattr(
+                self.http_options, field
+            ):
+                raise ConfigError(
+                    f"http_options.{field}={getattr(wanted, field)!r} differs from the running "
+                    f"instance's {getattr(self.http_options, field)!r}; HTTP options apply when "
+                    "swell starts: restart it to change them."
+                )
+
+    async def deploy(
+        self, prepared: list[tuple[RunOptions, list[DeploymentTarget]]], declarative: bool
+    ) -> None:
+        """Hand applications to the controller; with ``declarative``, remove all others."""
+        controller = self.controller
+        assert controller is not None
+        for options, targets in prepared:
+            await controller.deploy_app(options.name, options.route_prefix, targets)
+        if declarative:
+            keep = {options.name for options, _ in prepared}
+            for name in [n for n in controller.app_names() if n not in keep]:
+                await controller.delete_app(name)
+
+    async def delete_all(self) -> None:
+        controller = self.controller
+        assert controller is not None
+        for name in controller.app_names():
+            await controller.delete_app(name)
+        self.applied_config = None
 
     # On the controller's thread -----------------------------------------------------------
 
@@ -102,6 +195,7 @@ class SwellInstance:
         }
         status["http_options"] = self.http_options.model_dump(mode="json")
         status["admin_port"] = self.admin_port
+        status["deployed_config"] = self.applied_config
         return status
 
     def _thread_main(self) -> None:
@@ -158,7 +252,7 @@ class SwellInstance:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.admin_host, options.admin_port))
         self.admin_port = sock.getsockname()[1]
-        app = build_admin_app(lambda: self._full_status(controller), controller.watch_replica_set)
+        app = build_admin_app(self, options.admin_token, controller.cluster_token)
         config = uvicorn.Config(
             app,
             loop="none",

@@ -106,6 +106,7 @@ def start(
     http_options: HTTPOptions | dict[str, Any] | None = None,
     admin_host: str | None = None,
     admin_port: int | None = None,
+    admin_token: str | None = None,
 ) -> None:
     """Start swell in this process (HAProxy, controller, admin API) if it is not running."""
     global _instance
@@ -121,6 +122,8 @@ def start(
             controller_settings["admin_host"] = admin_host
         if admin_port is not None:
             controller_settings["admin_port"] = admin_port
+        if admin_token is not None:
+            controller_settings["admin_token"] = admin_token
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
         instance = SwellInstance(http, controller)
         instance.start()
@@ -279,8 +282,8 @@ def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> N
         _wait_until_settled(instance, options.name)
 
 
-def run_config(config: ServeConfig, blocking: bool = False) -> None:
-    """Deploy every application of a config file; all are validated before any is touched."""
+def prepare_config(config: ServeConfig) -> list[tuple[RunOptions, list[DeploymentTarget]]]:
+    """Import and validate every application of a config; ConfigError on the first bad one."""
     prepared = []
     for app_config in config.applications:
         app = load_application(
@@ -290,6 +293,12 @@ def run_config(config: ServeConfig, blocking: bool = False) -> None:
         prepared.append(
             (RunOptions(name=app_config.name, route_prefix=app_config.route_prefix), targets)
         )
+    return prepared
+
+
+def run_config(config: ServeConfig, blocking: bool = False) -> None:
+    """Deploy every application of a config file; all are validated before any is touched."""
+    prepared = prepare_config(config)
     start(http_options=config.http_options)
     _deploy_and_wait(prepared)
     if blocking:
@@ -318,7 +327,8 @@ def _serve_until_signalled() -> None:
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        while not stop.wait(1.0):
+        # Also ends when the instance stops by itself (POST /api/swell/shutdown).
+        while not stop.wait(0.5) and _instance is not None and _instance.running:
             pass
     finally:
         for signum, handler in previous.items():
@@ -358,16 +368,33 @@ def status(address: str | None = None) -> ServeStatus:
     return ServeStatus.from_dict(fetch_status(address or "http://127.0.0.1:8265"))
 
 
-def fetch_status(address: str) -> dict[str, Any]:
-    """Read a running controller's status over its admin API."""
-    url = address.rstrip("/") + "/api/serve/applications/"
+def admin_request(
+    address: str,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """One call to a running controller's admin API; its 4xx errors become ConfigError."""
+    url = address.rstrip("/") + path
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url, timeout=10.0)
-        response.raise_for_status()
+        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as error:
         raise ControllerUnavailableError(
             f"No swell controller answered at {address} ({error}). Start one with "
-            "`swell run`, or pass --address."
+            "`swell start` or `swell run`, or pass --address."
         ) from None
+    if response.status_code == 401:
+        raise ConfigError(f"The admin API at {address} requires a token: pass --token.")
+    if 400 <= response.status_code < 500:
+        raise ConfigError(response.json().get("error", response.text))
+    response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result
+
+
+def fetch_status(address: str, token: str | None = None) -> dict[str, Any]:
+    """Read a running controller's status over its admin API."""
+    return admin_request(address, "GET", "/api/serve/applications/", token)

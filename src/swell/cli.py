@@ -1,10 +1,18 @@
-"""The ``swell`` command: ``run`` serves an app in the foreground, ``status`` reports."""
+"""The ``swell`` command.
+
+``run`` serves in the foreground; ``start`` runs a detached instance that ``deploy``, ``status``,
+``config`` and ``shutdown`` drive over its admin API; ``build`` writes a config file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,60 +22,174 @@ from swell import api
 from swell._import_path import load_application
 from swell.config import ControllerOptions, HTTPOptions, RunOptions
 from swell.config_file import build_config, load_config_file
-from swell.exceptions import SwellError
+from swell.exceptions import ControllerUnavailableError, DeploymentFailedError, SwellError
 
 _DEFAULT_HTTP = HTTPOptions()
 _DEFAULT_CONTROLLER = ControllerOptions()
 _DEFAULT_RUN = RunOptions()
+_DEFAULT_ADDRESS = f"http://{_DEFAULT_CONTROLLER.admin_host}:{_DEFAULT_CONTROLLER.admin_port}"
+_START_DEADLINE_S = 60.0
+_POLL_S = 0.25
 
 
-def _admin_url(host: str, port: int) -> str:
-    return f"http://{host}:{port}"
+def _start_in_process(args: argparse.Namespace, http_options: Any) -> None:
+    api.start(
+        http_options=http_options,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        admin_token=args.admin_token,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.import_path.endswith((".yaml", ".yml")):
-        return _run_config_file(args)
-    app = load_application(args.import_path)
-    api.start(
-        http_options={"host": args.host, "port": args.port},
-        admin_host=args.admin_host,
-        admin_port=args.admin_port,
-    )
-    try:
-        api.run(app, name=args.name, route_prefix=args.route_prefix)
-    except BaseException:
-        api.shutdown()
-        raise
-    print(
-        f"swell: application '{args.name}' is serving at "
-        f"http://{args.host}:{args.port}{args.route_prefix} (Ctrl-C stops it)",
-        flush=True,
-    )
-    api._serve_until_signalled()
-    return 0
-
-
-def _run_config_file(args: argparse.Namespace) -> int:
-    config = load_config_file(args.import_path)
-    api.start(
-        http_options=config.http_options,
-        admin_host=args.admin_host,
-        admin_port=args.admin_port,
-    )
-    try:
-        api.run_config(config)
-    except BaseException:
-        api.shutdown()
-        raise
-    for app in config.applications:
+        config = load_config_file(args.import_path)
+        _start_in_process(args, config.http_options)
+        try:
+            api.run_config(config)
+        except BaseException:
+            api.shutdown()
+            raise
+        host, port = config.http_options.host, config.http_options.port
+        served = [(app.name, app.route_prefix or "") for app in config.applications]
+    else:
+        app = load_application(args.import_path)
+        _start_in_process(args, {"host": args.host, "port": args.port})
+        try:
+            api.run(app, name=args.name, route_prefix=args.route_prefix)
+        except BaseException:
+            api.shutdown()
+            raise
+        host, port = args.host, args.port
+        served = [(args.name, args.route_prefix or "")]
+    for name, prefix in served:
         print(
-            f"swell: application '{app.name}' is serving at http://{config.http_options.host}:"
-            f"{config.http_options.port}{app.route_prefix or ''}",
+            f"swell: application '{name}' is serving at http://{host}:{port}{prefix} "
+            "(Ctrl-C stops it)",
             flush=True,
         )
     api._serve_until_signalled()
     return 0
+
+
+def _cmd_serve_detached(args: argparse.Namespace) -> int:
+    """The process ``swell start`` leaves running: an instance with no app until a deploy."""
+    _start_in_process(args, {"host": args.host, "port": args.port})
+    print("swell: ready", flush=True)
+    api._serve_until_signalled()
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    address = f"http://{args.admin_host}:{args.admin_port}"
+    try:
+        api.fetch_status(address, args.admin_token)
+    except ControllerUnavailableError:
+        pass
+    else:
+        raise SwellError(f"swell is already running at {address}; `swell shutdown` stops it.")
+    log_path = Path(args.log_file or Path(tempfile.gettempdir()) / f"swell-{args.admin_port}.log")
+    command = [
+        sys.executable,
+        "-m",
+        "swell",
+        "_serve",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--admin-host",
+        args.admin_host,
+        "--admin-port",
+        str(args.admin_port),
+    ]
+    if args.admin_token:
+        command += ["--admin-token", args.admin_token]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the shell that started it
+            cwd=os.getcwd(),
+        )
+    deadline = time.monotonic() + _START_DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise SwellError("swell failed to start:\n" + "\n".join(tail))
+        try:
+            api.fetch_status(address, args.admin_token)
+        except ControllerUnavailableError:
+            time.sleep(_POLL_S)
+            continue
+        print(
+            f"swell: started (pid {process.pid}); HTTP on {args.host}:{args.port}, admin API "
+            f"on {address}, log in {log_path}"
+        )
+        return 0
+    process.terminate()
+    raise SwellError(f"swell did not answer at {address} within {_START_DEADLINE_S}s")
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    config = load_config_file(args.config)  # fail fast, before the controller is asked
+    document = yaml.safe_load(Path(args.config).read_text())
+    api.admin_request(args.address, "PUT", "/api/serve/applications/", args.token, document)
+    names = [app.name for app in config.applications]
+    print(f"swell: deploying {', '.join(names) or 'no applications'}")
+    deadline = time.monotonic() + args.timeout
+    shown: dict[str, str] = {}
+    while True:
+        status = api.fetch_status(args.address, args.token)["applications"]
+        for name in names:
+            state = status.get(name, {}).get("status", "DEPLOYING")
+            if shown.get(name) != state:
+                print(f"  {name}: {state}", flush=True)
+                shown[name] = state
+        failed = [n for n in names if shown.get(n) == "DEPLOY_FAILED"]
+        if failed:
+            messages = "\n".join(f"{n}: {status[n]['message']}" for n in failed)
+            raise DeploymentFailedError(f"deploy failed:\n{messages}")
+        if all(shown.get(n) == "RUNNING" for n in names):
+            print("swell: every application is running")
+            return 0
+        if time.monotonic() > deadline:
+            raise SwellError(
+                f"not every application was running after {args.timeout}s; see `swell status`"
+            )
+        time.sleep(_POLL_S)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    config = api.fetch_status(args.address, args.token).get("deployed_config")
+    if config is None:
+        print("# no config has been deployed to this instance (apps came from swell run)")
+        return 0
+    print(yaml.safe_dump(config, sort_keys=False), end="")
+    return 0
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _cmd_shutdown(args: argparse.Namespace) -> int:
+    pid = api.fetch_status(args.address, args.token)["controller_info"]["pid"]
+    api.admin_request(args.address, "DELETE", "/api/serve/applications/", args.token, timeout_s=300)
+    api.admin_request(args.address, "POST", "/api/swell/shutdown", args.token)
+    deadline = time.monotonic() + _START_DEADLINE_S
+    while time.monotonic() < deadline:
+        if not _process_alive(pid):
+            print("swell: shut down")
+            return 0
+        time.sleep(_POLL_S)
+    raise SwellError(f"swell (pid {pid}) did not stop within {_START_DEADLINE_S}s")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -106,7 +228,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    status = api.fetch_status(args.address)
+    status = api.fetch_status(args.address, args.token)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -114,50 +236,83 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_instance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=_DEFAULT_HTTP.host, help="HTTP host (%(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=_DEFAULT_HTTP.port, help="HTTP port (%(default)s)"
+    )
+    parser.add_argument(
+        "--admin-host", default=_DEFAULT_CONTROLLER.admin_host, help="admin API host"
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=_DEFAULT_CONTROLLER.admin_port,
+        help="admin API port (%(default)s)",
+    )
+    parser.add_argument(
+        "--admin-token", help="require this bearer token on the admin API (needed off loopback)"
+    )
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address", default=_DEFAULT_ADDRESS, help="admin API address (%(default)s)"
+    )
+    parser.add_argument("--token", help="the admin API's bearer token, if it has one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swell", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="serve an application in the foreground")
+    run = commands.add_parser("run", help="serve an application or config file in the foreground")
     run.add_argument(
         "import_path",
         help="module:attribute of an Application (e.g. examples.hello:app), or a config "
-        "file (.yaml) whose http_options and applications replace the flags below",
+        "file (.yaml) whose http_options replace --host/--port",
     )
-    run.add_argument("--host", default=_DEFAULT_HTTP.host, help="HTTP host (default %(default)s)")
+    _add_instance_options(run)
+    run.add_argument("--name", default=_DEFAULT_RUN.name, help="application name (%(default)s)")
     run.add_argument(
-        "--port", type=int, default=_DEFAULT_HTTP.port, help="HTTP port (default %(default)s)"
-    )
-    run.add_argument(
-        "--name", default=_DEFAULT_RUN.name, help="application name (default %(default)s)"
-    )
-    run.add_argument(
-        "--route-prefix",
-        default=_DEFAULT_RUN.route_prefix,
-        help="route prefix (default %(default)s)",
-    )
-    run.add_argument("--admin-host", default=_DEFAULT_CONTROLLER.admin_host, help="admin API host")
-    run.add_argument(
-        "--admin-port",
-        type=int,
-        default=_DEFAULT_CONTROLLER.admin_port,
-        help="admin API port (default %(default)s)",
+        "--route-prefix", default=_DEFAULT_RUN.route_prefix, help="route prefix (%(default)s)"
     )
     run.set_defaults(handler=_cmd_run)
+
+    start = commands.add_parser("start", help="start a detached swell instance")
+    _add_instance_options(start)
+    start.add_argument("--log-file", help="where the instance logs (default: a temp file)")
+    start.set_defaults(handler=_cmd_start)
+
+    serve = commands.add_parser("_serve", help=argparse.SUPPRESS)
+    _add_instance_options(serve)
+    serve.set_defaults(handler=_cmd_serve_detached)
+
+    deploy = commands.add_parser("deploy", help="apply a config file to a running instance")
+    deploy.add_argument("config", help="the config file (serveConfigV2 field names)")
+    _add_client_options(deploy)
+    deploy.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for RUNNING (%(default)s)"
+    )
+    deploy.set_defaults(handler=_cmd_deploy)
+
+    status = commands.add_parser("status", help="show applications, deployments and replicas")
+    _add_client_options(status)
+    status.add_argument("--json", action="store_true", help="print the raw status document")
+    status.set_defaults(handler=_cmd_status)
+
+    config = commands.add_parser("config", help="print the config in force")
+    _add_client_options(config)
+    config.set_defaults(handler=_cmd_config)
+
+    shutdown = commands.add_parser("shutdown", help="remove every app and stop the instance")
+    _add_client_options(shutdown)
+    shutdown.set_defaults(handler=_cmd_shutdown)
 
     build = commands.add_parser("build", help="write a config file for applications")
     build.add_argument("import_paths", nargs="+", help="module:attribute of each Application")
     build.add_argument("-o", "--output", help="file to write (default: standard output)")
     build.set_defaults(handler=_cmd_build)
-
-    status = commands.add_parser("status", help="show applications, deployments and replicas")
-    status.add_argument(
-        "--address",
-        default=_admin_url(_DEFAULT_CONTROLLER.admin_host, _DEFAULT_CONTROLLER.admin_port),
-        help="admin API address (default %(default)s)",
-    )
-    status.add_argument("--json", action="store_true", help="print the raw status document")
-    status.set_defaults(handler=_cmd_status)
     return parser
 
 

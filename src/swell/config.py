@@ -151,6 +151,20 @@ class ControllerOptions(_Strict):
 
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8265, ge=0, le=65535)
+    admin_token: str | None = Field(
+        default=None,
+        description="Required (as 'Authorization: Bearer <token>') when admin_host is not a "
+        "loopback address.",
+    )
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> ControllerOptions:
+        if self.admin_host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
+            raise ValueError(
+                f"the admin API on {self.admin_host} would be reachable from other machines: "
+                "set admin_token (--admin-token), or bind it to 127.0.0.1"
+            )
+        return self
 
 
 def _route_prefix_ok(value: str) -> str:

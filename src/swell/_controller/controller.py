@@ -445,6 +445,9 @@ class Controller:
                 await asyncio.wait_for(deployment.set_changed.wait(), wait_s)
         return deployment.replica_set_document()
 
+    def app_names(self) -> list[str]:
+        return list(self._apps)
+
     def ingress_deployment(self, app_name: str) -> str | None:
         app = self._apps.get(app_name)
         if app is None:

@@ -97,7 +97,8 @@ class Router:
             f"{self._cluster.controller_url}/api/swell/replica-sets/{self._app}/{self._deployment}"
         )
         delay = 0.1
-        async with httpx.AsyncClient(timeout=_WATCH_TIMEOUT_S + 10) as client:
+        headers = {"x-swell-token": self._cluster.token}
+        async with httpx.AsyncClient(timeout=_WATCH_TIMEOUT_S + 10, headers=headers) as client:
             while True:
                 try:
                     response = await client.get(

@@ -1,0 +1,176 @@
+"""Running as a service: swell start / deploy / status / config / shutdown, the admin API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+import swell
+from tests.integration import apps
+from tests.integration.conftest import children_of, free_port, pid_alive, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def swell_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swell", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        children = children_of(frontier.pop())
+        found += children
+        frontier += children
+    return found
+
+
+class Service:
+    def __init__(self, port: int, admin_port: int, log: Path) -> None:
+        self.port = port
+        self.address = f"http://127.0.0.1:{admin_port}"
+        self.log = log
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    port, admin_port = free_port(), free_port()
+    log = tmp_path / "swell.log"
+    started = swell_cli(
+        "start", "--port", str(port), "--admin-port", str(admin_port), "--log-file", str(log)
+    )
+    assert started.returncode == 0, started.stderr
+    service = Service(port, admin_port, log)
+    pid = httpx.get(f"{service.address}/api/serve/applications/").json()["controller_info"]["pid"]
+    try:
+        yield service
+    finally:
+        if pid_alive(pid):
+            started_pids = [pid, *descendants(pid)]
+            swell_cli("shutdown", "--address", service.address)
+            wait_until(lambda: not any(pid_alive(p) for p in started_pids), 30, "swell to stop")
+
+
+def write_config(path: Path, port: int, replicas: int = 2) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "http_options": {"port": port},
+                "applications": [
+                    {
+                        "name": "hello",
+                        "route_prefix": "/",
+                        "import_path": "examples.hello:app",
+                        "deployments": [{"name": "Hello", "num_replicas": replicas}],
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def replica_ids(service: Service) -> set[str]:
+    status = httpx.get(f"{service.address}/api/serve/applications/").json()
+    return {
+        r["replica_id"] for r in status["applications"]["hello"]["deployments"]["Hello"]["replicas"]
+    }
+
+
+def test_start_deploy_status_config_shutdown(service: Service, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "serve.yaml", service.port)
+    began = time.monotonic()
+    deployed = swell_cli("deploy", str(config), "--address", service.address)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "hello: RUNNING" in deployed.stdout
+    answer = httpx.get(f"http://127.0.0.1:{service.port}/?name=Ada")
+    print(f"swell deploy to first 200: {time.monotonic() - began:.2f}s")
+    assert answer.json() == {"message": "Hello, Ada"}
+
+    status = swell_cli("status", "--address", service.address)
+    assert "deployment Hello: HEALTHY (target 2; RUNNING=2)" in status.stdout
+    in_force = yaml.safe_load(swell_cli("config", "--address", service.address).stdout)
+    assert in_force["applications"][0]["deployments"] == [{"name": "Hello", "num_replicas": 2}]
+
+    # Deploying the same config again changes nothing.
+    before = replica_ids(service)
+    assert swell_cli("deploy", str(config), "--address", service.address).returncode == 0
+    assert replica_ids(service) == before
+
+    pid = httpx.get(f"{service.address}/api/serve/applications/").json()["controller_info"]["pid"]
+    started_pids = [pid, *descendants(pid)]
+    stopped = swell_cli("shutdown", "--address", service.address)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_until(lambda: not any(pid_alive(p) for p in started_pids), 30, "every process to exit")
+
+
+def test_bad_config_over_the_api_leaves_apps_untouched(service: Service, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "serve.yaml", service.port)
+    assert swell_cli("deploy", str(config), "--address", service.address).returncode == 0
+    before = replica_ids(service)
+    url = f"{service.address}/api/serve/applications/"
+    cases = [
+        ({"applications": [{"import_path": "examples.hello:nope"}]}, "no attribute 'nope'"),
+        ({"applications": [{"import_path": "examples.hello:app", "oops": 1}]}, "oops"),
+        ({"http_options": {"port": 1}, "applications": []}, "http_options.port=1 differs"),
+        (
+            {
+                "applications": [
+                    {
+                        "name": "hello",
+                        "import_path": "examples.hello:app",
+                        "deployments": [{"name": "Hello", "max_ongoing_requests": 0}],
+                    }
+                ]
+            },
+            "max_ongoing_requests=0",
+        ),
+    ]
+    for document, expected in cases:
+        response = httpx.put(url, json=document, timeout=120)
+        assert response.status_code == 400, document
+        assert expected in response.json()["error"]
+    assert replica_ids(service) == before
+    assert httpx.get(f"http://127.0.0.1:{service.port}/").status_code == 200
+    # The CLI says the same, before it contacts the controller when it can.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications: [{import_path: 'examples.hello:app', route_prefix: 'x'}]\n")
+    result = swell_cli("deploy", str(bad), "--address", service.address)
+    assert result.returncode == 1
+    assert "route_prefix='x': must start with '/'" in result.stderr
+
+
+def test_admin_token_is_enforced_and_handles_still_work() -> None:
+    port = free_port()
+    swell.start(http_options={"port": port}, admin_port=0, admin_token="s3cret")
+    try:
+        swell.run(apps.composed_app)
+        address = f"http://127.0.0.1:{swell.status().raw['admin_port']}"
+        url = f"{address}/api/serve/applications/"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(url, headers={"authorization": "Bearer s3cret"}).status_code == 200
+        # Routers in the replicas watch replica sets with the cluster token instead.
+        answer = httpx.post(f"http://127.0.0.1:{port}/", json={"x": [1, 2]})
+        assert answer.json()["y"] == 4.0
+    finally:
+        swell.shutdown()
+
+
+def test_an_admin_api_beyond_loopback_needs_a_token() -> None:
+    with pytest.raises(swell.ConfigError, match="set admin_token"):
+        swell.start(http_options={"port": free_port()}, admin_host="0.0.0.0", admin_port=0)
+    swell.shutdown()
