@@ -21,6 +21,7 @@ import uvicorn
 
 from swell._controller.admin_api import build_admin_app
 from swell._controller.controller import Controller, DeploymentTarget
+from swell._controller.wake import WakeServer
 from swell._dataplane.router import ClusterContext
 from swell._engines.local import LocalEngine
 from swell._ingress.haproxy_manager import HAProxyManager, ensure_port_free
@@ -33,6 +34,45 @@ T = TypeVar("T")
 _START_DEADLINE_S = 60.0
 _PREPARE_DEADLINE_S = 300.0
 _STOP_DEADLINE_S = 120.0
+
+
+def _serve_quietly(
+    app: Any, sock: socket.socket, name: str
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Serve an internal ASGI app on this loop (uvicorn leaves signals alone off the main
+    thread); open long-polls and cold requests are not waited out at shutdown."""
+    config = uvicorn.Config(
+        app,
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name=name)
+    return server, task
+
+
+class _LateController:
+    """The wake server starts before the controller exists (HAProxy needs its address)."""
+
+    def __init__(self, instance: SwellInstance) -> None:
+        self._instance = instance
+
+    def app_for_path(self, path: str) -> str | None:
+        controller = self._instance.controller
+        return controller.app_for_path(path) if controller else None
+
+    def note_waiting(self, app_name: str, delta: int) -> None:
+        if self._instance.controller is not None:
+            self._instance.controller.note_waiting(app_name, delta)
+
+    async def wait_for_ingress_replica(self, app_name: str, timeout_s: float) -> str | None:
+        controller = self._instance.controller
+        if controller is None:
+            return None
+        return await controller.wait_for_ingress_replica(app_name, timeout_s)
 
 
 async def _prepare_in_subprocess(
@@ -129,6 +169,10 @@ class SwellInstance:
         assert self.controller is not None
         return self._full_status(self.controller)
 
+    def note_demand(self, app_name: str, deployment: str) -> bool:
+        assert self.controller is not None
+        return self.controller.note_demand(app_name, deployment)
+
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
@@ -208,6 +252,8 @@ class SwellInstance:
         engine = LocalEngine()
         admin_server: uvicorn.Server | None = None
         admin_task: asyncio.Task[None] | None = None
+        wake_server: uvicorn.Server | None = None
+        wake_task: asyncio.Task[None] | None = None
         try:
             try:
                 ensure_port_free(
@@ -215,7 +261,8 @@ class SwellInstance:
                     self.controller_options.admin_port,
                     "the admin API (--admin-port)",
                 )
-                self.ingress = HAProxyManager(self.http_options, runtime_dir)
+                wake_server, wake_task, wake_address = await self._start_wake_server()
+                self.ingress = HAProxyManager(self.http_options, runtime_dir, wake_address)
                 await self.ingress.start()
                 self.controller = Controller(engine, self.ingress, list(sys.path))
                 self.controller.start()
@@ -239,10 +286,20 @@ class SwellInstance:
                 await self.controller.shutdown()
             if self.ingress is not None:
                 await self.ingress.stop()
-            if admin_server is not None and admin_task is not None:
-                admin_server.should_exit = True
-                await asyncio.wait_for(admin_task, 10.0)
+            for server, task in ((admin_server, admin_task), (wake_server, wake_task)):
+                if server is not None and task is not None:
+                    server.should_exit = True
+                    await asyncio.wait_for(task, 10.0)
             shutil.rmtree(runtime_dir, ignore_errors=True)
+
+    async def _start_wake_server(self) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+        """The backup server HAProxy uses while an app has no replica (scale from zero)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        app = WakeServer(_LateController(self), self.http_options.queue_timeout_s)
+        server, task = _serve_quietly(app, sock, "swell-wake-server")
+        return server, task, address
 
     async def _start_admin_api(
         self, controller: Controller
@@ -253,18 +310,4 @@ class SwellInstance:
         sock.bind((options.admin_host, options.admin_port))
         self.admin_port = sock.getsockname()[1]
         app = build_admin_app(self, options.admin_token, controller.cluster_token)
-        config = uvicorn.Config(
-            app,
-            loop="none",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            # Routers' long-poll watches are open: don't wait them out at shutdown.
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        # uvicorn leaves signal handlers alone off the main thread, which this is.
-        task = asyncio.get_running_loop().create_task(
-            server.serve(sockets=[sock]), name="swell-admin-api"
-        )
-        return server, task
+        return _serve_quietly(app, sock, "swell-admin-api")

@@ -55,8 +55,7 @@ class AutoscalingConfig(_Strict):
 
     def starting_replicas(self) -> int:
         """Replicas to start with, before the autoscaler has any metrics."""
-        start = self.initial_replicas if self.initial_replicas is not None else self.min_replicas
-        return max(start, 1)
+        return self.initial_replicas if self.initial_replicas is not None else self.min_replicas
 
 
 _ACTOR_OPTION_KEYS = frozenset(

@@ -297,3 +297,39 @@ class Versioned:
             "config": self.config,
             "replica": swell.get_replica_context().replica_id,
         }
+
+
+_FAST_AUTOSCALING = {
+    "target_ongoing_requests": 1,
+    "upscale_delay_s": 0,
+    "downscale_delay_s": 2,
+    "metrics_interval_s": 0.25,
+    "look_back_period_s": 1,
+}
+
+
+@swell.deployment(
+    max_ongoing_requests=10,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 3, **_FAST_AUTOSCALING},
+)
+class Elastic:
+    """Holds each request until its gate file appears: load the test controls exactly."""
+
+    async def __call__(self, request: Request) -> dict[str, str]:
+        gate = request.query_params.get("gate")
+        deadline = time.monotonic() + 30
+        while gate and not Path(gate).exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return {"replica": swell.get_replica_context().replica_id}
+
+
+elastic_app = Elastic.bind()
+cold_app = Elastic.options(
+    autoscaling_config={"min_replicas": 0, "max_replicas": 2, **_FAST_AUTOSCALING}
+).bind()
+cold_model_app = Composer.bind(
+    Model.options(
+        num_replicas="auto",
+        autoscaling_config={"min_replicas": 0, "max_replicas": 1, **_FAST_AUTOSCALING},
+    ).bind()
+)

@@ -229,7 +229,8 @@ def test_options_cannot_add_num_replicas_to_autoscaling() -> None:
             {"autoscaling_config": {"min_replicas": 1, "max_replicas": 6, "initial_replicas": 4}},
             4,
         ),
-        ({"autoscaling_config": {"min_replicas": 0, "max_replicas": 6}}, 1),
+        # min_replicas 0 starts at zero: the first request scales it up.
+        ({"autoscaling_config": {"min_replicas": 0, "max_replicas": 6}}, 0),
         (
             {
                 "num_replicas": "auto",

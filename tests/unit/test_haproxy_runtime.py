@@ -110,8 +110,14 @@ SHOW_STAT = (
 def test_server_sessions_sums_current_and_queued() -> None:
     transport = FakeTransport({"show stat": SHOW_STAT})
     runtime = HAProxyRuntime(transport)
-    assert asyncio.run(runtime.server_sessions("app_x")) == {"r1": 3, "r2": 7, "old": 0}
-    assert asyncio.run(runtime.server_sessions("app_y")) == {"s1": 5}
+    # Per server: in progress plus queued for it; BACKEND: queued for no server in particular.
+    assert asyncio.run(runtime.server_sessions("app_x")) == {
+        "r1": 3,
+        "r2": 7,
+        "old": 0,
+        "BACKEND": 2,
+    }
+    assert asyncio.run(runtime.server_sessions("app_y")) == {"s1": 5, "BACKEND": 1}
     assert transport.commands == ["show stat", "show stat"]
 
 

@@ -38,6 +38,8 @@ class AdminBackend(Protocol):
         self, app_name: str, deployment: str, known_version: int, wait_s: float
     ) -> dict[str, Any] | None: ...
 
+    def note_demand(self, app_name: str, deployment: str) -> bool: ...
+
 
 class _RequireToken:
     """Rejects requests without the admin token (used when bound beyond loopback)."""
@@ -52,7 +54,7 @@ class _RequireToken:
         if hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
             return True
         # Routers in replicas prove membership with the cluster token for their watch.
-        return scope["path"].startswith(WATCH_PREFIX) and hmac.compare_digest(
+        return scope["path"].startswith(ROUTER_PREFIXES) and hmac.compare_digest(
             headers.get(CLUSTER_TOKEN_HEADER.encode(), b""), self._cluster_token
         )
 
@@ -66,7 +68,7 @@ class _RequireToken:
         await self._app(scope, receive, send)
 
 
-WATCH_PREFIX = "/api/swell/replica-sets/"
+ROUTER_PREFIXES = ("/api/swell/replica-sets/", "/api/swell/demand/")
 CLUSTER_TOKEN_HEADER = "x-swell-token"
 
 
@@ -106,6 +108,10 @@ def build_admin_app(
             return JSONResponse({"error": "no such application or deployment"}, 404)
         return JSONResponse(document)
 
+    async def demand(request: Request) -> JSONResponse:
+        known = backend.note_demand(request.path_params["app"], request.path_params["deployment"])
+        return JSONResponse({"noted": known}, 200 if known else 404)
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -114,6 +120,7 @@ def build_admin_app(
             Route("/api/serve/applications/", applications, methods=["GET", "PUT", "DELETE"]),
             Route("/api/swell/shutdown", shutdown, methods=["POST"]),
             Route("/api/swell/replica-sets/{app}/{deployment}", replica_set, methods=["GET"]),
+            Route("/api/swell/demand/{app}/{deployment}", demand, methods=["POST"]),
             Route("/-/healthz", healthz, methods=["GET"]),
         ]
     )

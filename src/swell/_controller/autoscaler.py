@@ -72,6 +72,9 @@ class MetricsWindow:
         samples.append(LoadSample(now, ongoing, queued))
         self._prune(replica_id, now)
 
+    def replica_ids(self) -> list[str]:
+        return list(self._samples)
+
     def forget(self, replica_id: str) -> None:
         """Drop a replica that stopped or died, so its old load stops counting at once."""
         self._samples.pop(replica_id, None)

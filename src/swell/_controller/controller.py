@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from swell._controller.autoscaler import Autoscaler
 from swell._controller.deployment_state import DeploymentState, DeploymentStatus, ReplicaState
 from swell._engines.base import Engine, ReplicaRuntime, ReplicaStartupError
 from swell._spec import CallableRef, ReplicaSpec
@@ -27,9 +28,12 @@ from swell.exceptions import ConfigError
 
 logger = logging.getLogger("swell.controller")
 
+BACKEND_QUEUE = "BACKEND"  # the key under which the ingress reports requests queued in HAProxy
+
 _TICK_S = 0.1
 _HEALTH_PATH = "/-/swell/health"
 _RECONFIGURE_PATH = "/-/swell/reconfigure"
+_STATS_PATH = "/-/swell/stats"
 TOKEN_HEADER = "x-swell-token"
 
 
@@ -69,6 +73,20 @@ class _Deployment:
     replica_set: dict[str, str] = field(default_factory=dict)
     set_version: int = 0
     set_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    autoscaler: Autoscaler | None = None
+    metrics_due_at: float = 0.0
+    metrics_in_flight: bool = False
+    # Requests waiting for this deployment with no replica to take them (scale from zero):
+    # the ingress's wake-up server and callers' routers report them.
+    waiting: int = 0
+    demand_until: float = 0.0
+
+    def configure_autoscaling(self) -> None:
+        policy = self.target.config.effective_autoscaling()
+        if policy is None:
+            self.autoscaler = None
+        elif self.autoscaler is None or self.autoscaler.config != policy:
+            self.autoscaler = Autoscaler(policy)
 
     def publish(self, replica_id: str, grpc_address: str | None) -> None:
         """Add (with an address) or remove (None) a replica from the routers' view."""
@@ -218,7 +236,9 @@ class Controller:
             target.name, target.config.target_replicas(), target.config.health_check_period_s
         )
         state.set_version(target.version)
-        return _Deployment(target, state)
+        deployment = _Deployment(target, state)
+        deployment.configure_autoscaling()
+        return deployment
 
     def _update_app(self, app: _App, targets: list[DeploymentTarget]) -> None:
         """Apply a new config to a running app, each change in the cheapest safe way.
@@ -242,7 +262,9 @@ class Controller:
                 continue
             previous = deployment.target
             deployment.target = target
-            deployment.state.target = target.config.target_replicas()
+            deployment.configure_autoscaling()
+            if deployment.autoscaler is None or previous.config.effective_autoscaling() is None:
+                deployment.state.target = target.config.target_replicas()
             deployment.state.health_check_period_s = target.config.health_check_period_s
             deployment.state.set_version(target.version)
             if previous.version == target.version:
@@ -309,6 +331,12 @@ class Controller:
                     deployment.state.on_health_check_started(replica_id, now)
                     self._spawn(
                         self._check_health(deployment, replica_id), f"swell-health-{replica_id}"
+                    )
+                if deployment.autoscaler is not None and self._metrics_due(deployment, now):
+                    deployment.metrics_in_flight = True
+                    self._spawn(
+                        self._autoscale(app, deployment),
+                        f"swell-autoscale-{deployment.target.name}",
                     )
 
     def _start_replica(self, app: _App, deployment: _Deployment) -> None:
@@ -412,6 +440,114 @@ class Controller:
         deployment.runtimes.pop(replica_id, None)
         deployment.state.on_stopped(replica_id)
         self._wake.set()
+
+    @staticmethod
+    def _metrics_due(deployment: _Deployment, now: float) -> bool:
+        if deployment.metrics_in_flight:
+            return False
+        # Waiting requests with nothing running are acted on at once, not on the interval.
+        starved = deployment.state.target == 0 and deployment.waiting > 0
+        return starved or now >= deployment.metrics_due_at
+
+    async def _autoscale(self, app: _App, deployment: _Deployment) -> None:
+        """Collect each replica's load, then let the autoscaler set the target."""
+        autoscaler = deployment.autoscaler
+        assert autoscaler is not None
+        try:
+            now = self._clock()
+            metrics = autoscaler.metrics
+            running = {
+                replica_id: record.address
+                for replica_id, record in deployment.state.replicas.items()
+                if record.state is ReplicaState.RUNNING and record.address is not None
+            }
+            loads = await asyncio.gather(
+                *(self._replica_load(address) for address in running.values())
+            )
+            for replica_id, load in zip(running, loads, strict=True):
+                if load is not None:
+                    metrics.record(replica_id, now, load)
+            for replica_id in list(metrics.replica_ids()):
+                if replica_id not in running:
+                    metrics.forget(replica_id)
+            queued = 0
+            if deployment.target.is_ingress and app.route_prefix is not None:
+                with contextlib.suppress(Exception):
+                    queued = (await self._ingress.sessions(app.name)).get(BACKEND_QUEUE, 0)
+            waiting = deployment.waiting + (1 if self._clock() < deployment.demand_until else 0)
+            target = autoscaler.decide(
+                now, deployment.state.target, metrics.total_load(now) + queued, waiting
+            )
+            if target != deployment.state.target:
+                logger.info(
+                    "autoscaling %s from %d to %d replicas",
+                    deployment.target.name,
+                    deployment.state.target,
+                    target,
+                )
+                deployment.state.target = target
+                self._wake.set()
+        finally:
+            deployment.metrics_in_flight = False
+            deployment.metrics_due_at = self._clock() + autoscaler.config.metrics_interval_s
+
+    async def _replica_load(self, address: str) -> int | None:
+        try:
+            response = await self._http.get(f"http://{address}{_STATS_PATH}", timeout=2.0)
+            return int(response.json()["load"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+    def app_for_path(self, path: str) -> str | None:
+        """The app whose route prefix is the longest one matching ``path``."""
+        best: tuple[int, str] | None = None
+        for app in self._apps.values():
+            prefix = app.route_prefix
+            if prefix is None:
+                continue
+            matches = prefix == "/" or path == prefix or path.startswith(prefix + "/")
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), app.name)
+        return None if best is None else best[1]
+
+    def _ingress_of(self, app_name: str) -> _Deployment | None:
+        app = self._apps.get(app_name)
+        if app is None:
+            return None
+        return next((d for d in app.deployments.values() if d.target.is_ingress), None)
+
+    def note_waiting(self, app_name: str, delta: int) -> None:
+        deployment = self._ingress_of(app_name)
+        if deployment is not None:
+            deployment.waiting = max(0, deployment.waiting + delta)
+            self._wake.set()
+
+    async def wait_for_ingress_replica(self, app_name: str, timeout_s: float) -> str | None:
+        """The HTTP address of a running ingress replica, waiting up to ``timeout_s``."""
+        deadline = self._clock() + timeout_s
+        while True:
+            deployment = self._ingress_of(app_name)
+            if deployment is None:
+                return None
+            for record in deployment.state.replicas.values():
+                if record.state is ReplicaState.RUNNING and record.address is not None:
+                    return record.address
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(deployment.set_changed.wait(), remaining)
+
+    def note_demand(self, app_name: str, deployment_name: str, hold_s: float = 2.0) -> bool:
+        """A caller is waiting for a deployment with no replica: scale it from zero."""
+        app = self._apps.get(app_name)
+        deployment = app.deployments.get(deployment_name) if app else None
+        if deployment is None:
+            return False
+        deployment.demand_until = self._clock() + hold_s
+        deployment.metrics_due_at = 0.0
+        self._wake.set()
+        return True
 
     async def _check_health(self, deployment: _Deployment, replica_id: str) -> None:
         record = deployment.state.replicas.get(replica_id)

@@ -40,6 +40,7 @@ _REPORT_FRESH_S = 2.0
 _UNREACHABLE_PENALTY_S = 5.0
 _RETRY_WAIT_MAX_S = 0.5
 NO_REPLICA_DEADLINE_S = 120.0
+_DEMAND_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Router:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._metadata = ((TOKEN_KEY, cluster.token),)
         self._watch_task: asyncio.Task[None] | None = None
+        self._demand_reported_at = -_DEMAND_EVERY_S
+        self._background: set[asyncio.Task[None]] = set()
 
     # The replica set ---------------------------------------------------------------------
 
@@ -193,6 +196,8 @@ class Router:
             while True:
                 replica_id = self._choose(tried)
                 if replica_id is None:
+                    if not self._replicas:
+                        self._report_demand()
                     if not self._replicas and time.monotonic() > deadline:
                         raise ReplicaUnavailableError(
                             f"no replica of deployment '{self._deployment}' in app "
@@ -242,6 +247,23 @@ class Router:
         raise ReplicaUnavailableError(
             f"replica {replica_id} refused the call: {code.name}: {details}"
         )
+
+    def _report_demand(self) -> None:
+        """Tell the controller a call waits with no replica (scale from zero), at most 1/s."""
+        now = time.monotonic()
+        if now - self._demand_reported_at < _DEMAND_EVERY_S:
+            return
+        self._demand_reported_at = now
+        url = f"{self._cluster.controller_url}/api/swell/demand/{self._app}/{self._deployment}"
+
+        async def post() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=5.0) as client:
+                    await client.post(url, headers={"x-swell-token": self._cluster.token})
+
+        task = asyncio.get_running_loop().create_task(post())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _release(self, replica_id: str) -> None:
         view = self._replicas.get(replica_id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 NO_ROUTE_BACKEND = "swell_no_route"
 READY_CHECK_PATH = "/-/swell/ready"
 CHECK_INTERVAL_MS = 1000
+WAKE_SERVER = "swell_wake"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class IngressSettings:
     queue_timeout_s: float
     keep_alive_timeout_s: float
     request_timeout_s: float | None
+    # The controller's wake-up server: every app's backup, for scale from zero.
+    wake_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,4 +141,6 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
             "    http-check expect status 200",
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
+        if settings.wake_address is not None:
+            lines.append(f"    server {WAKE_SERVER} {settings.wake_address} backup")
     return "\n".join(lines) + "\n"

@@ -108,7 +108,9 @@ def _die_with_parent_prefix() -> list[str]:
 class HAProxyManager:
     """Owns one HAProxy master process and the desired ingress state it serves."""
 
-    def __init__(self, options: HTTPOptions, runtime_dir: Path) -> None:
+    def __init__(
+        self, options: HTTPOptions, runtime_dir: Path, wake_address: str | None = None
+    ) -> None:
         self._options = options
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
@@ -121,6 +123,7 @@ class HAProxyManager:
             queue_timeout_s=options.queue_timeout_s,
             keep_alive_timeout_s=options.keep_alive_timeout_s,
             request_timeout_s=options.request_timeout_s,
+            wake_address=wake_address,
         )
         self._config_path = runtime_dir / "haproxy.cfg"
         self._log_path = runtime_dir / "haproxy.log"

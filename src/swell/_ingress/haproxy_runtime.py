@@ -7,7 +7,7 @@ import csv
 import io
 from typing import Protocol
 
-from swell._ingress.haproxy_config import ServerEntry, server_arguments
+from swell._ingress.haproxy_config import WAKE_SERVER, ServerEntry, server_arguments
 from swell.exceptions import HAProxyError
 
 _COMMAND_TIMEOUT_S = 5.0
@@ -76,12 +76,17 @@ class HAProxyRuntime:
         await self._checked(f"del server {backend}/{name}", ("Server deleted",))
 
     async def server_sessions(self, backend: str) -> dict[str, int]:
-        """Current sessions (requests in progress or queued) per server of a backend."""
+        """Current sessions (requests in progress or queued) per server of a backend, and
+        under ``BACKEND`` the requests queued for the backend as a whole."""
         answer = await self._transport.send("show stat")
         rows = csv.DictReader(io.StringIO(answer.lstrip("# ")))
         sessions: dict[str, int] = {}
         for row in rows:
-            if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", "BACKEND"):
+            if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", WAKE_SERVER):
+                continue
+            if row.get("svname") == "BACKEND":
+                # Requests queued in the backend, not yet given to any server.
+                sessions["BACKEND"] = int(row.get("qcur") or 0)
                 continue
             sessions[row["svname"]] = int(row.get("scur") or 0) + int(row.get("qcur") or 0)
         return sessions
