@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ import uvicorn
 
 from swell._controller.admin_api import build_admin_app
 from swell._controller.controller import Controller, DeploymentTarget
+from swell._controller.store import Checkpoint
 from swell._controller.wake import WakeServer
 from swell._dataplane.router import ClusterContext
 from swell._engines.local import LocalEngine
@@ -248,7 +250,14 @@ class SwellInstance:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runtime_dir = Path(tempfile.mkdtemp(prefix="swell-"))
+        state_dir = self.controller_options.state_dir
+        if state_dir is not None:
+            runtime_dir = Path(state_dir).resolve()
+            runtime_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint: Checkpoint | None = Checkpoint(runtime_dir)
+        else:
+            runtime_dir = Path(tempfile.mkdtemp(prefix="swell-"))
+            checkpoint = None
         engine = LocalEngine()
         admin_server: uvicorn.Server | None = None
         admin_task: asyncio.Task[None] | None = None
@@ -261,10 +270,24 @@ class SwellInstance:
                     self.controller_options.admin_port,
                     "the admin API (--admin-port)",
                 )
+                saved = checkpoint.load() if checkpoint is not None else None
                 wake_server, wake_task, wake_address = await self._start_wake_server()
-                self.ingress = HAProxyManager(self.http_options, runtime_dir, wake_address)
-                await self.ingress.start()
-                self.controller = Controller(engine, self.ingress, list(sys.path))
+                self.ingress = HAProxyManager(
+                    self.http_options,
+                    runtime_dir,
+                    wake_address,
+                    survive_controller=bool(saved or checkpoint),
+                )
+                self.controller = Controller(
+                    engine,
+                    self.ingress,
+                    list(sys.path),
+                    cluster_token=saved["token"] if saved else None,
+                    survive_controller=checkpoint is not None,
+                )
+                await self._bring_up_ingress(saved, engine, wake_address)
+                if checkpoint is not None:
+                    self.controller.checkpoint = lambda: checkpoint.save(self._snapshot())
                 self.controller.start()
                 admin_server, admin_task = await self._start_admin_api(self.controller)
                 self.controller.controller_url = (
@@ -286,11 +309,62 @@ class SwellInstance:
                 await self.controller.shutdown()
             if self.ingress is not None:
                 await self.ingress.stop()
+            if checkpoint is not None:
+                checkpoint.clear()
             for server, task in ((admin_server, admin_task), (wake_server, wake_task)):
                 if server is not None and task is not None:
                     server.should_exit = True
                     await asyncio.wait_for(task, 10.0)
-            shutil.rmtree(runtime_dir, ignore_errors=True)
+            if checkpoint is None:
+                shutil.rmtree(runtime_dir, ignore_errors=True)
+
+    def _snapshot(self) -> dict[str, Any]:
+        assert self.controller is not None and self.ingress is not None
+        return {
+            "token": self.controller.cluster_token,
+            "apps": self.controller.snapshot(),
+            "haproxy_pid": self.ingress.pid,
+            "backends": self.ingress.backends,
+            "applied_config": self.applied_config,
+        }
+
+    async def _bring_up_ingress(
+        self, saved: dict[str, Any] | None, engine: LocalEngine, wake_address: str
+    ) -> None:
+        """Start HAProxy, or adopt the one a killed controller left, with its replicas."""
+        ingress, controller = self.ingress, self.controller
+        assert ingress is not None and controller is not None
+        adopted = False
+        if saved is not None:
+            adopted = await ingress.adopt(saved["haproxy_pid"], saved["backends"])
+            self.applied_config = saved.get("applied_config")
+        if adopted:
+            await ingress.set_wake_address(wake_address)
+        else:
+            if saved is not None:
+                ingress.restore_backends(
+                    {name: replace(b, servers=()) for name, b in saved["backends"].items()}
+                )
+            await ingress.start()
+        if saved is None:
+            return
+        dead = controller.restore(saved["apps"], engine.adopt)
+        for app_name, replica_id in dead:
+            await ingress.remove_server(app_name, replica_id)
+        if not adopted:
+            # A new HAProxy knows no servers yet: add the adopted ingress replicas.
+            for app in controller.snapshot():
+                for item in app["deployments"]:
+                    target = item["target"]
+                    if not target.is_ingress or app["route_prefix"] is None:
+                        continue
+                    for replica in item["replicas"]:
+                        await ingress.add_server(
+                            app["name"],
+                            replica["replica_id"],
+                            replica["address"],
+                            target.config.max_ongoing_requests,
+                        )
 
     async def _start_wake_server(self) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
         """The backup server HAProxy uses while an app has no replica (scale from zero)."""

@@ -61,6 +61,9 @@ class ReplicaSpec:
     sys_path: list[str] = field(default_factory=list)
     cluster_token: str = ""
     controller_url: str = ""
+    # With a state dir the controller can be restarted and adopt its replicas, so they must
+    # not exit when it does.
+    survive_controller: bool = False
     env_vars: dict[str, str] = field(default_factory=dict)
     working_dir: str | None = None
 

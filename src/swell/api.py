@@ -107,8 +107,13 @@ def start(
     admin_host: str | None = None,
     admin_port: int | None = None,
     admin_token: str | None = None,
+    state_dir: str | None = None,
 ) -> None:
-    """Start swell in this process (HAProxy, controller, admin API) if it is not running."""
+    """Start swell in this process (HAProxy, controller, admin API) if it is not running.
+
+    With ``state_dir`` the controller checkpoints there, and a later start on the same
+    directory adopts the HAProxy and replicas a killed controller left running.
+    """
     global _instance
     with _instance_lock:
         if _instance is not None:
@@ -124,6 +129,8 @@ def start(
             controller_settings["admin_port"] = admin_port
         if admin_token is not None:
             controller_settings["admin_token"] = admin_token
+        if state_dir is not None:
+            controller_settings["state_dir"] = state_dir
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
         instance = SwellInstance(http, controller)
         instance.start()

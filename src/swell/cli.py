@@ -38,6 +38,7 @@ def _start_in_process(args: argparse.Namespace, http_options: Any) -> None:
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         admin_token=args.admin_token,
+        state_dir=args.state_dir,
     )
 
 
@@ -105,6 +106,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
     ]
     if args.admin_token:
         command += ["--admin-token", args.admin_token]
+    if args.state_dir:
+        command += ["--state-dir", str(Path(args.state_dir).resolve())]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -252,6 +255,11 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--admin-token", help="require this bearer token on the admin API (needed off loopback)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        help="checkpoint here; replicas and HAProxy then outlive the controller, and a start "
+        "on the same directory adopts them",
     )
 
 

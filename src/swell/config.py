@@ -150,6 +150,12 @@ class ControllerOptions(_Strict):
 
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8265, ge=0, le=65535)
+    state_dir: str | None = Field(
+        default=None,
+        description="Where the controller checkpoints its state. With it, replicas and "
+        "HAProxy outlive the controller, and a controller started again on the same state_dir "
+        "adopts them instead of starting new ones.",
+    )
     admin_token: str | None = Field(
         default=None,
         description="Required (as 'Authorization: Bearer <token>') when admin_host is not a "

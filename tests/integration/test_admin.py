@@ -174,3 +174,71 @@ def test_an_admin_api_beyond_loopback_needs_a_token() -> None:
     with pytest.raises(swell.ConfigError, match="set admin_token"):
         swell.start(http_options={"port": free_port()}, admin_host="0.0.0.0", admin_port=0)
     swell.shutdown()
+
+
+def test_controller_killed_under_load_is_adopted_by_its_successor(tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+
+    port, admin_port = free_port(), free_port()
+    state_dir = tmp_path / "state"
+    address = f"http://127.0.0.1:{admin_port}"
+    start_args = (
+        "start",
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin_port),
+        "--state-dir",
+        str(state_dir),
+        "--log-file",
+        str(tmp_path / "swell.log"),
+    )
+    assert swell_cli(*start_args).returncode == 0
+    first_pid = httpx.get(f"{address}/api/serve/applications/").json()["controller_info"]["pid"]
+    everything = [first_pid, *descendants(first_pid)]
+    counts = {"ok": 0, "failed": 0}
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    ok = client.get(f"http://127.0.0.1:{port}/?name=Ada").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                counts["ok" if ok else "failed"] += 1
+
+    worker = threading.Thread(target=load)
+    try:
+        config = write_config(tmp_path / "serve.yaml", port)
+        assert swell_cli("deploy", str(config), "--address", address).returncode == 0
+        before = replica_ids(Service(port, admin_port, tmp_path / "swell.log"))
+        everything += descendants(first_pid)
+        worker.start()
+        wait_until(lambda: counts["ok"] > 50, 30, "load to flow")
+        os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(first_pid), 10, "the controller to die")
+        # With the controller gone, HAProxy and the replicas keep serving.
+        served = counts["ok"]
+        wait_until(lambda: counts["ok"] > served + 100, 30, "requests with no controller")
+        assert swell_cli(*start_args).returncode == 0
+        second_pid = httpx.get(f"{address}/api/serve/applications/").json()["controller_info"][
+            "pid"
+        ]
+        everything.append(second_pid)
+        assert second_pid != first_pid
+        after = replica_ids(Service(port, admin_port, tmp_path / "swell.log"))
+        assert after == before  # adopted, not started again
+        status = swell_cli("status", "--address", address).stdout
+        assert "deployment Hello: HEALTHY (target 2; RUNNING=2)" in status
+        served = counts["ok"]
+        wait_until(lambda: counts["ok"] > served + 100, 30, "requests after recovery")
+    finally:
+        stop.set()
+        if worker.is_alive():
+            worker.join(30)
+        swell_cli("shutdown", "--address", address)
+        wait_until(lambda: not any(pid_alive(p) for p in everything), 30, "everything to stop")
+    assert counts["failed"] == 0, counts

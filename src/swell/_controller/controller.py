@@ -21,7 +21,7 @@ import httpx
 
 from swell._controller.autoscaler import Autoscaler
 from swell._controller.deployment_state import DeploymentState, DeploymentStatus, ReplicaState
-from swell._engines.base import Engine, ReplicaRuntime, ReplicaStartupError
+from swell._engines.base import Engine, ReadyInfo, ReplicaRuntime, ReplicaStartupError
 from swell._spec import CallableRef, ReplicaSpec
 from swell.config import DeploymentConfig
 from swell.exceptions import ConfigError
@@ -50,6 +50,9 @@ class IngressManager(Protocol):
     async def sessions(self, app_name: str) -> dict[str, int]: ...
 
 
+AdoptReplica = Callable[[str, int, ReadyInfo], "ReplicaRuntime | None"]
+
+
 @dataclass(frozen=True)
 class DeploymentTarget:
     """One deployment as it should run: code, constructor arguments, options."""
@@ -71,7 +74,8 @@ class _Deployment:
     runtimes: dict[str, ReplicaRuntime] = field(default_factory=dict)
     # What routers see: replica id -> gRPC address, versioned so watchers can wait on it.
     replica_set: dict[str, str] = field(default_factory=dict)
-    set_version: int = 0
+    # Starts from the clock so a restarted controller never reuses a version a router knows.
+    set_version: int = field(default_factory=lambda: time.time_ns() // 1000)
     set_changed: asyncio.Event = field(default_factory=asyncio.Event)
     autoscaler: Autoscaler | None = None
     metrics_due_at: float = 0.0
@@ -131,8 +135,12 @@ class Controller:
         ingress: IngressManager,
         sys_path: list[str],
         clock: Callable[[], float] = time.monotonic,
+        cluster_token: str | None = None,
+        survive_controller: bool = False,
     ) -> None:
         self.controller_url = ""  # where replicas' routers watch replica sets; set at start
+        self._survive_controller = survive_controller
+        self.checkpoint: Callable[[], None] | None = None
         self._engine = engine
         self._ingress = ingress
         self._sys_path = sys_path
@@ -142,7 +150,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._http = httpx.AsyncClient()
-        self.cluster_token = secrets.token_hex(16)
+        self.cluster_token = cluster_token or secrets.token_hex(16)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -194,6 +202,8 @@ class Controller:
         while True:
             try:
                 self._reconcile()
+                if self.checkpoint is not None:
+                    self.checkpoint()
             except Exception:
                 logger.exception("reconcile step failed")
             self._wake.clear()
@@ -312,6 +322,87 @@ class Controller:
         if app.route_prefix is not None:
             await self._ingress.remove_route(name)
 
+    # Checkpoint and recovery --------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Desired state plus the running replicas: what a restarted controller adopts."""
+        apps = []
+        for app in self._apps.values():
+            deployments = []
+            for deployment in app.deployments.values():
+                replicas = [
+                    {
+                        "replica_id": r.replica_id,
+                        "version": r.version,
+                        "pid": r.pid,
+                        "address": r.address,
+                        "grpc_address": deployment.replica_set.get(r.replica_id),
+                    }
+                    for r in deployment.state.replicas.values()
+                    if r.state is ReplicaState.RUNNING and r.pid is not None
+                ]
+                deployments.append(
+                    {
+                        "target": deployment.target,
+                        "replicas_target": deployment.state.target,
+                        "replicas": replicas,
+                    }
+                )
+            apps.append(
+                {
+                    "name": app.name,
+                    "route_prefix": app.route_prefix,
+                    "deployed_at": app.deployed_at,
+                    "deployments": deployments,
+                }
+            )
+        return apps
+
+    def restore(self, apps: list[dict[str, Any]], adopt: AdoptReplica) -> list[tuple[str, str]]:
+        """Rebuild state from a snapshot, adopting the replicas that are still alive.
+
+        Returns (app, replica id) of the replicas that died meanwhile, so their HAProxy
+        servers can be removed.
+        """
+        now = self._clock()
+        dead = []
+        for saved in apps:
+            deployments = {}
+            for item in saved["deployments"]:
+                target: DeploymentTarget = item["target"]
+                deployment = self._new_deployment(target)
+                deployment.state.target = item["replicas_target"]
+                for replica in item["replicas"]:
+                    host, _, port = replica["address"].rpartition(":")
+                    grpc = replica["grpc_address"]
+                    ready = ReadyInfo(
+                        host,
+                        int(port),
+                        replica["pid"],
+                        int(grpc.rpartition(":")[2]) if grpc else None,
+                    )
+                    runtime = adopt(replica["replica_id"], replica["pid"], ready)
+                    if runtime is None:
+                        dead.append((saved["name"], replica["replica_id"]))
+                        continue
+                    deployment.state.on_started(replica["replica_id"], now, replica["pid"])
+                    deployment.state.replicas[replica["replica_id"]].version = replica["version"]
+                    deployment.state.on_ready(replica["replica_id"], ready.address, ready.pid, now)
+                    deployment.runtimes[replica["replica_id"]] = runtime
+                    if ready.grpc_address is not None:
+                        deployment.publish(replica["replica_id"], ready.grpc_address)
+                deployments[target.name] = deployment
+            app = _App(saved["name"], saved["route_prefix"], deployments, saved["deployed_at"])
+            self._apps[app.name] = app
+            for deployment in deployments.values():
+                for runtime in deployment.runtimes.values():
+                    self._spawn(
+                        self._watch_exit(app, deployment, runtime),
+                        f"swell-watch-{runtime.replica_id}",
+                    )
+        self._wake.set()
+        return dead
+
     # The reconcile step -------------------------------------------------------------------
 
     def _reconcile(self) -> None:
@@ -356,6 +447,7 @@ class Controller:
             else self._sys_path,
             cluster_token=self.cluster_token,
             controller_url=self.controller_url,
+            survive_controller=self._survive_controller,
             env_vars=target.env_vars,
             working_dir=target.working_dir,
         )

@@ -15,6 +15,7 @@ from swell._engines.base import ReadyInfo, ReplicaStartupError
 from swell._spec import ReplicaSpec
 
 _EXIT_POLL_S = 0.05
+_ADOPTED_POLL_S = 0.2
 
 
 class LocalReplica:
@@ -106,11 +107,64 @@ class LocalReplica:
                 self._process.stdin.close()
 
 
+class AdoptedReplica:
+    """A replica a previous controller started: not our child, so watched by its pid."""
+
+    def __init__(self, replica_id: str, pid: int, ready: ReadyInfo) -> None:
+        self._replica_id = replica_id
+        self._pid = pid
+        self._ready = ready
+        self._exited = asyncio.Event()
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch(), name=f"swell-adopted-watch-{replica_id}"
+        )
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def _watch(self) -> None:
+        while self.alive():
+            await asyncio.sleep(_ADOPTED_POLL_S)
+        self._exited.set()
+
+    async def wait_ready(self) -> ReadyInfo:
+        return self._ready
+
+    async def wait_exit(self) -> int:
+        await self._exited.wait()
+        return -1  # not our child: its status is its parent's to read
+
+    async def stop(self, timeout_s: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout_s)
+        except TimeoutError:
+            self.kill()
+            await asyncio.wait_for(self._exited.wait(), 10.0)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+
+
 class LocalEngine:
     """Starts replicas as ``python -m swell._replica.main`` processes in their own session."""
 
     def __init__(self) -> None:
-        self._replicas: dict[str, LocalReplica] = {}
+        self._replicas: dict[str, LocalReplica | AdoptedReplica] = {}
 
     async def start_replica(self, spec: ReplicaSpec) -> LocalReplica:
         read_fd, write_fd = os.pipe()
@@ -144,7 +198,19 @@ class LocalEngine:
         )
         return replica
 
-    async def _forget_on_exit(self, replica: LocalReplica) -> None:
+    def adopt(self, replica_id: str, pid: int, ready: ReadyInfo) -> AdoptedReplica | None:
+        """Take over a replica that outlived the previous controller, if it is alive."""
+        replica = AdoptedReplica(replica_id, pid, ready)
+        if not replica.alive():
+            replica._watcher.cancel()
+            return None
+        self._replicas[replica_id] = replica
+        asyncio.get_running_loop().create_task(
+            self._forget_on_exit(replica), name=f"swell-replica-reap-{replica_id}"
+        )
+        return replica
+
+    async def _forget_on_exit(self, replica: LocalReplica | AdoptedReplica) -> None:
         await replica.wait_exit()
         self._replicas.pop(replica.replica_id, None)
 

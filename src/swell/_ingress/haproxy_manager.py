@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from swell._ingress.haproxy_config import (
+    WAKE_SERVER,
     BackendEntry,
     IngressSettings,
     ServerEntry,
@@ -109,8 +110,14 @@ class HAProxyManager:
     """Owns one HAProxy master process and the desired ingress state it serves."""
 
     def __init__(
-        self, options: HTTPOptions, runtime_dir: Path, wake_address: str | None = None
+        self,
+        options: HTTPOptions,
+        runtime_dir: Path,
+        wake_address: str | None = None,
+        survive_controller: bool = False,
     ) -> None:
+        self._survive_controller = survive_controller
+        self._adopted_pid: int | None = None
         self._options = options
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
@@ -134,7 +141,52 @@ class HAProxyManager:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        if self._process is not None:
+            return self._process.pid
+        return self._adopted_pid
+
+    def _alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return self._adopted_pid is not None and _pid_alive(self._adopted_pid)
+
+    def _signal(self, signum: int) -> None:
+        pid = self.pid
+        if pid is not None and self._alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    @property
+    def backends(self) -> dict[str, BackendEntry]:
+        return dict(self._backends)
+
+    async def adopt(self, pid: int, backends: dict[str, BackendEntry]) -> bool:
+        """Take over an HAProxy a previous controller left running, if it still answers.
+
+        ``backends`` is what the previous controller had built; servers are reconciled later
+        through the runtime API, as usual.
+        """
+        if not _pid_alive(pid):
+            return False
+        try:
+            await self.runtime.process_id()
+        except HAProxyError:
+            return False
+        self.version = haproxy_version(self.binary)
+        self._adopted_pid = pid
+        self._backends = dict(backends)
+        return True
+
+    async def set_wake_address(self, address: str) -> None:
+        """Point every backend's backup at this controller's wake-up server (after adoption)."""
+        host, _, port = address.rpartition(":")
+        async with self._lock:
+            for backend in self._backends.values():
+                await self.runtime.set_server_address(backend.name, WAKE_SERVER, host, int(port))
+
+    def restore_backends(self, backends: dict[str, BackendEntry]) -> None:
+        """Before a fresh start: serve the routes (and live servers) a checkpoint recorded."""
+        self._backends = dict(backends)
 
     @property
     def address(self) -> str:
@@ -153,7 +205,7 @@ class HAProxyManager:
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 [
-                    *_die_with_parent_prefix(),
+                    *([] if self._survive_controller else _die_with_parent_prefix()),
                     self.binary,
                     "-W",
                     "-db",
@@ -205,7 +257,6 @@ class HAProxyManager:
                 await self._reload()
 
     async def _reload(self) -> None:
-        assert self._process is not None
         old_pid = await self.runtime.process_id()
         self._write_config()
         loop = asyncio.get_running_loop()
@@ -216,7 +267,7 @@ class HAProxyManager:
             # meanwhile (right after the previous reload): send it again until a new worker
             # answers. An extra reload of the same file is harmless.
             if loop.time() - signalled_at >= _RESIGNAL_AFTER_S:
-                self._process.send_signal(signal.SIGUSR2)
+                self._signal(signal.SIGUSR2)
                 signalled_at = loop.time()
             with contextlib.suppress(HAProxyError):
                 if await self.runtime.process_id() != old_pid:
@@ -261,14 +312,24 @@ class HAProxyManager:
         return await self.runtime.server_sessions(backend_name(app_name))
 
     async def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
+        if not self._alive():
             return
-        process.send_signal(signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
-        while process.poll() is None and loop.time() < deadline:
+        while self._alive() and loop.time() < deadline:
             await asyncio.sleep(_POLL_S)
-        if process.poll() is None:
-            process.kill()
-            await asyncio.get_running_loop().run_in_executor(None, process.wait)
+        if self._alive():
+            self._signal(signal.SIGKILL)
+            if self._process is not None:
+                await loop.run_in_executor(None, self._process.wait)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

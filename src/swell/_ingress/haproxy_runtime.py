@@ -75,6 +75,12 @@ class HAProxyRuntime:
         await self._checked(f"shutdown sessions server {backend}/{name}")
         await self._checked(f"del server {backend}/{name}", ("Server deleted",))
 
+    async def set_server_address(self, backend: str, name: str, host: str, port: int) -> None:
+        await self._checked(
+            f"set server {backend}/{name} addr {host} port {port}",
+            ("changed", "no need to change"),
+        )
+
     async def server_sessions(self, backend: str) -> dict[str, int]:
         """Current sessions (requests in progress or queued) per server of a backend, and
         under ``BACKEND`` the requests queued for the backend as a whole."""

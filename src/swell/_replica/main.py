@@ -108,7 +108,8 @@ async def _serve(spec: Any, events_fd: int) -> int:
             loop.remove_reader(0)
             begin_shutdown()
 
-    loop.add_reader(0, on_lifeline_readable)
+    if not spec.survive_controller:
+        loop.add_reader(0, on_lifeline_readable)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="swell-replica-http")
     deadline = loop.time() + _SERVER_START_DEADLINE_S
     while not server.started:  # uvicorn offers a flag, not an event, for this
