@@ -20,15 +20,12 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,233 +34,27 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import swell  # noqa: E402
-from swell._ingress.haproxy_config import (  # noqa: E402
-    BackendEntry,
-    IngressSettings,
-    ServerEntry,
-    render,
+from bench._common import (  # noqa: E402
+    HOST,
+    QUERY,
+    READY_DEADLINE_S,
+    RESULTS_DIR,
+    STOP_DEADLINE_S,
+    WrkResult,
+    alive,
+    ceiling_server,
+    check_body,
+    free_port,
+    measure,
+    stop_process,
+    wait_for_200,
 )
 from swell._ingress.haproxy_manager import find_haproxy_binary, haproxy_version  # noqa: E402
 
-HOST = "127.0.0.1"
-QUERY = "/?name=Ada"
-EXPECTED_BODY = b'{"message":"Hello, Ada"}'
-READY_PATH = "/-/swell/ready"
-REPLICA_MAXCONN = 100  # examples/hello.py: max_ongoing_requests=100
-WARMUP_S = 1
-READY_DEADLINE_S = 30.0
-STOP_DEADLINE_S = 30.0
 IDLE_SETTLE_S = 2.0  # let the replicas finish start-up work before RSS is read
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
-# Small helpers -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A free loopback port (bind port 0); the tiny reuse race is acceptable for a benchmark."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
-    """Status and body of a GET, with an HTTP error status returned rather than raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        return int(error.code), error.read()
-
-
-def wait_for_200(url: str, deadline_s: float, alive: Callable[[], bool] = lambda: True) -> float:
-    """Poll until ``url`` answers 200; seconds waited. Raises on deadline or a dead server."""
-    start = time.monotonic()
-    last_error = "no attempt"
-    while time.monotonic() - start < deadline_s:
-        if not alive():
-            raise RuntimeError(f"the server behind {url} exited while starting ({last_error})")
-        try:
-            status, _ = http_get(url, timeout_s=1.0)
-            if status == 200:
-                return time.monotonic() - start
-            last_error = f"HTTP {status}"
-        except OSError as error:
-            last_error = repr(error)
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer 200 within {deadline_s:.0f}s ({last_error})")
-
-
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> bool:
-    """Signal one child by PID, SIGKILL it past the deadline; False if it needed the SIGKILL."""
-    if proc.poll() is not None:
-        return True
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, sig)
-    try:
-        proc.wait(timeout=STOP_DEADLINE_S)
-        return True
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout=5)
-        return False
-
-
-# wrk -----------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not match:
-        raise ValueError(f"unrecognised wrk latency {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-@dataclass
-class WrkResult:
-    """What one wrk run measured; ``errors`` counts non-2xx/3xx responses and socket errors."""
-
-    target: str
-    concurrency: int
-    requests: int
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    non_2xx: int
-    socket_errors: dict[str, int]
-    raw: str
-
-    @property
-    def errors(self) -> int:
-        return self.non_2xx + sum(self.socket_errors.values())
-
-
-def parse_wrk(target: str, concurrency: int, output: str) -> WrkResult:
-    """Parse ``wrk --latency`` output (wrk 4.1's format)."""
-
-    def find(pattern: str) -> re.Match[str]:
-        match = re.search(pattern, output, re.MULTILINE)
-        if not match:
-            raise ValueError(f"wrk output lacks {pattern!r}:\n{output}")
-        return match
-
-    sockets = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return WrkResult(
-        target=target,
-        concurrency=concurrency,
-        requests=int(find(r"^\s*(\d+) requests in").group(1)),
-        requests_per_s=float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
-        p50_ms=_ms(find(r"^\s+50%\s+(\S+)").group(1)),
-        p99_ms=_ms(find(r"^\s+99%\s+(\S+)").group(1)),
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        socket_errors=dict(
-            zip(
-                ("connect", "read", "write", "timeout"),
-                (int(n) for n in sockets.groups()) if sockets else (0, 0, 0, 0),
-                strict=True,
-            )
-        ),
-        raw=output,
-    )
-
-
-def run_wrk(url: str, concurrency: int, duration_s: int) -> str:
-    """One wrk run (a single thread: the machine has 2 cores, shared with the servers)."""
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "--latency", url]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration_s + 30, check=True
-    )
-    return done.stdout
-
-
-def measure(target: str, url: str, concurrency: int, duration_s: int) -> WrkResult:
-    """A short warm-up at this concurrency, then the measured run."""
-    run_wrk(url, concurrency, WARMUP_S)
-    result = parse_wrk(target, concurrency, run_wrk(url, concurrency, duration_s))
-    print(
-        f"  {target:8s} c={concurrency:<4d} {result.requests_per_s:9.0f} req/s  "
-        f"p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  errors {result.errors}",
-        flush=True,
-    )
-    return result
-
-
-# The two targets -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def ceiling_server(workdir: Path) -> Iterator[str]:
-    """HAProxy (swell's rendered settings) before 2 bare uvicorn processes; yields its URL."""
-    procs: list[subprocess.Popen[bytes]] = []
-    log = (workdir / "ceiling.log").open("wb")
-    try:
-        replica_ports = [free_port(), free_port()]
-        for port in replica_ports:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "bench._ceiling_app:app",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                        "--loop",
-                        "uvloop",
-                        "--http",
-                        "httptools",
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                    ],
-                    cwd=REPO_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        for port, proc in zip(replica_ports, procs, strict=True):
-            wait_for_200(f"http://{HOST}:{port}{READY_PATH}", READY_DEADLINE_S, _alive(proc))
-
-        port = free_port()
-        settings = IngressSettings(
-            bind_host=HOST,
-            bind_port=port,
-            socket_path=str(workdir / "haproxy.sock"),
-            global_maxconn=4096,
-            queue_timeout_s=30.0,
-            keep_alive_timeout_s=90.0,
-            request_timeout_s=None,
-        )
-        servers = tuple(
-            ServerEntry(f"r{i}", f"{HOST}:{p}", REPLICA_MAXCONN)
-            for i, p in enumerate(replica_ports)
-        )
-        config = workdir / "haproxy.cfg"
-        config.write_text(
-            render(settings, [BackendEntry(app_name="default", route_prefix="/", servers=servers)])
-        )
-        haproxy = subprocess.Popen(
-            [find_haproxy_binary(None), "-W", "-db", "-f", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(haproxy)
-        url = f"http://{HOST}:{port}{QUERY}"
-        wait_for_200(url, READY_DEADLINE_S, _alive(haproxy))
-        _check_body(url)
-        yield url
-    finally:
-        for proc in reversed(procs):  # HAProxy first, then the replicas
-            stop_process(proc)
-        log.close()
+# swell serving the hello app -----------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -277,21 +68,10 @@ def swell_server() -> Iterator[str]:
         swell.run(app)  # returns once both replicas are healthy
         url = f"http://{HOST}:{port}{QUERY}"
         wait_for_200(url, READY_DEADLINE_S)  # HAProxy's own check may lag the controller's
-        _check_body(url)
+        check_body(url)
         yield url
     finally:
         swell.shutdown()
-
-
-def _alive(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
-    return lambda: proc.poll() is None
-
-
-def _check_body(url: str) -> None:
-    """Both targets must return the same bytes, or the comparison means nothing."""
-    status, body = http_get(url)
-    if status != 200 or json.loads(body) != json.loads(EXPECTED_BODY):
-        raise RuntimeError(f"{url} answered {status} {body!r}, expected {EXPECTED_BODY!r}")
 
 
 # Startup time and idle memory of `swell run` -------------------------------------------------
@@ -367,11 +147,11 @@ def measure_cli(workdir: Path) -> dict[str, Any]:
         start = time.monotonic()
         proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_200(f"http://{HOST}:{port}{QUERY}", READY_DEADLINE_S, _alive(proc))
+            wait_for_200(f"http://{HOST}:{port}{QUERY}", READY_DEADLINE_S, alive(proc))
             startup_s = time.monotonic() - start
             time.sleep(IDLE_SETTLE_S)  # settle only; readiness was established above
             tree = descendants(proc.pid)
-            processes = [
+            processes: list[dict[str, Any]] = [
                 {"pid": pid, "rss_kib": rss_kib(pid), "command": _command(pid)}
                 for pid in [proc.pid, *tree]
             ]
@@ -403,10 +183,6 @@ def measure_cli(workdir: Path) -> dict[str, Any]:
 # Main ----------------------------------------------------------------------------------------
 
 
-def _pair(c: WrkResult) -> str:
-    return f"{c.p50_ms:.2f} / {c.p99_ms:.2f}"
-
-
 def table(rows: list[tuple[WrkResult, WrkResult]]) -> str:
     """The markdown table: one row per concurrency, ceiling beside swell."""
     lines = [
@@ -418,8 +194,8 @@ def table(rows: list[tuple[WrkResult, WrkResult]]) -> str:
         ratio = served.requests_per_s / ceiling.requests_per_s if ceiling.requests_per_s else 0.0
         lines.append(
             f"| {ceiling.concurrency} | {ceiling.requests_per_s:,.0f} "
-            f"| {served.requests_per_s:,.0f} | {ratio:.2f} | {_pair(ceiling)} "
-            f"| {_pair(served)} | {ceiling.errors} / {served.errors} |"
+            f"| {served.requests_per_s:,.0f} | {ratio:.2f} | {ceiling.latency()} "
+            f"| {served.latency()} | {ceiling.errors} / {served.errors} |"
         )
     return "\n".join(lines)
 

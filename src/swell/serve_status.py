@@ -12,7 +12,7 @@ class ReplicaStatus:
     state: str
     pid: int | None
     address: str | None
-    grpc_address: str | None = None
+    data_address: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import socket
 import threading
 from pathlib import Path
 
-import grpc
 import pytest
 
 import swell
@@ -146,20 +145,21 @@ def _queued_in_caller() -> int:
 
 
 def test_calls_without_the_cluster_token_are_refused(serve: Swell) -> None:
+    from swell._dataplane import codec
+    from swell._dataplane.wire import Kind, frame
+
     swell.run(apps.single_model_app)
-    address = model_replicas()[0].grpc_address
+    address = model_replicas()[0].data_address
     assert address is not None and address.startswith("127.0.0.1:")
-
-    async def call(metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
-        async with grpc.aio.insecure_channel(address) as channel:
-            try:
-                await channel.unary_unary("/swell.Replica/Call")(b"x", metadata=metadata)
-            except grpc.aio.AioRpcError as error:
-                return error.code()
-        return grpc.StatusCode.OK
-
-    assert asyncio.run(call(())) == grpc.StatusCode.UNAUTHENTICATED
-    assert asyncio.run(call((("swell-token", "guess"),))) == grpc.StatusCode.UNAUTHENTICATED
+    host, _, port = address.rpartition(":")
+    call = frame(1, Kind.CALL, codec.dumps(("predict", ([1.0],), {})))
+    for hello in (b"", frame(0, Kind.HELLO, b"guess")):
+        with socket.create_connection((host, int(port)), timeout=10) as peer:
+            peer.sendall(hello + call)
+            # The replica hangs up without answering (and without unpickling the call).
+            assert peer.recv(1024) == b""
+    # With the cluster's token, the same call is answered.
+    assert swell.get_deployment_handle("Model").predict.remote([1.0]).result(timeout_s=30) == 1.0
 
 
 def test_callee_killed_mid_load(serve: Swell) -> None:

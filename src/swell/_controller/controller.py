@@ -92,13 +92,13 @@ class _Deployment:
         elif self.autoscaler is None or self.autoscaler.config != policy:
             self.autoscaler = Autoscaler(policy)
 
-    def publish(self, replica_id: str, grpc_address: str | None) -> None:
+    def publish(self, replica_id: str, data_address: str | None) -> None:
         """Add (with an address) or remove (None) a replica from the routers' view."""
-        if grpc_address is None:
+        if data_address is None:
             if self.replica_set.pop(replica_id, None) is None:
                 return
         else:
-            self.replica_set[replica_id] = grpc_address
+            self.replica_set[replica_id] = data_address
         self.set_version += 1
         self.set_changed.set()
         self.set_changed = asyncio.Event()
@@ -336,7 +336,7 @@ class Controller:
                         "version": r.version,
                         "pid": r.pid,
                         "address": r.address,
-                        "grpc_address": deployment.replica_set.get(r.replica_id),
+                        "data_address": deployment.replica_set.get(r.replica_id),
                     }
                     for r in deployment.state.replicas.values()
                     if r.state is ReplicaState.RUNNING and r.pid is not None
@@ -374,12 +374,12 @@ class Controller:
                 deployment.state.target = item["replicas_target"]
                 for replica in item["replicas"]:
                     host, _, port = replica["address"].rpartition(":")
-                    grpc = replica["grpc_address"]
+                    data = replica["data_address"]
                     ready = ReadyInfo(
                         host,
                         int(port),
                         replica["pid"],
-                        int(grpc.rpartition(":")[2]) if grpc else None,
+                        int(data.rpartition(":")[2]) if data else None,
                     )
                     runtime = adopt(replica["replica_id"], replica["pid"], ready)
                     if runtime is None:
@@ -389,8 +389,8 @@ class Controller:
                     deployment.state.replicas[replica["replica_id"]].version = replica["version"]
                     deployment.state.on_ready(replica["replica_id"], ready.address, ready.pid, now)
                     deployment.runtimes[replica["replica_id"]] = runtime
-                    if ready.grpc_address is not None:
-                        deployment.publish(replica["replica_id"], ready.grpc_address)
+                    if ready.data_address is not None:
+                        deployment.publish(replica["replica_id"], ready.data_address)
                 deployments[target.name] = deployment
             app = _App(saved["name"], saved["route_prefix"], deployments, saved["deployed_at"])
             self._apps[app.name] = app
@@ -485,7 +485,7 @@ class Controller:
                 app.name, replica_id, ready.address, deployment.target.config.max_ongoing_requests
             )
         deployment.state.on_ready(replica_id, ready.address, ready.pid, self._clock())
-        deployment.publish(replica_id, ready.grpc_address)
+        deployment.publish(replica_id, ready.data_address)
         self._spawn(self._watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
 
     @staticmethod
@@ -730,7 +730,7 @@ class Controller:
                             "state": r.state.value,
                             "pid": r.pid,
                             "address": r.address,
-                            "grpc_address": deployment.replica_set.get(r.replica_id),
+                            "data_address": deployment.replica_set.get(r.replica_id),
                         }
                         for r in deployment.state.replicas.values()
                     ],

@@ -15,24 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-import grpc.aio
 import httpx
 
 from swell._dataplane import codec
-from swell._dataplane.service import (
-    ACCEPTED_KEY,
-    CALL_METHOD,
-    QUEUE_KEY,
-    STREAM_METHOD,
-    TOKEN_KEY,
-    UNLIMITED_MESSAGES,
-)
-from swell.exceptions import (
-    BackPressureError,
-    ReplicaUnavailableError,
-    RequestCancelledError,
-)
+from swell._dataplane.client import Call, Connection, ConnectionLost
+from swell._dataplane.wire import Kind
+from swell.exceptions import BackPressureError, ReplicaUnavailableError
 
 _WATCH_TIMEOUT_S = 30.0
 _WATCH_RETRY_MAX_S = 5.0
@@ -81,8 +69,8 @@ class Router:
         self._max_queued = -1
         self._waiting = 0
         self._changed = asyncio.Event()
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._metadata = ((TOKEN_KEY, cluster.token),)
+        self._connections: dict[str, Connection] = {}
+        self._opening: dict[str, asyncio.Task[Connection]] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._demand_reported_at = -_DEMAND_EVERY_S
         self._background: set[asyncio.Task[None]] = set()
@@ -128,22 +116,34 @@ class Router:
             if replica_id not in self._replicas:
                 self._replicas[replica_id] = _ReplicaView(address)
         live = {view.address for view in self._replicas.values()}
-        for address in list(self._channels):
+        for address in list(self._connections):
             if address not in live:
-                channel = self._channels.pop(address)
-                asyncio.get_running_loop().create_task(channel.close(grace=30.0))
+                # Calls in flight keep their own reference; new calls never pick it again.
+                self._connections.pop(address)
         self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=UNLIMITED_MESSAGES)
-            self._channels[address] = channel
-        return channel
+    async def _connection(self, address: str) -> Connection:
+        """The shared connection to a replica, opened on first use."""
+        connection = self._connections.get(address)
+        if connection is not None and not connection.closed:
+            return connection
+        opening = self._opening.get(address)
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(
+                Connection.open(address, self._cluster.token)
+            )
+            self._opening[address] = opening
+        try:
+            connection = await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self._opening.pop(address, None)
+        self._connections[address] = connection
+        return connection
 
     async def close(self) -> None:
         """Stop watching and close the channels (swell is shutting down)."""
@@ -151,9 +151,9 @@ class Router:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            await channel.close()
+        connections, self._connections = list(self._connections.values()), {}
+        for connection in connections:
+            await connection.close()
 
     # Choosing ----------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class Router:
             first if self._score(views[first], now) <= self._score(views[second], now) else second
         )
 
-    async def _assign(self, path: str, payload: bytes) -> tuple[str, Any]:
+    async def _assign(self, kind: Kind, payload: bytes) -> tuple[str, Call]:
         """Find a replica that accepts the call; wait (keeping our place) while all are busy."""
         if self._max_queued >= 0 and self._waiting >= self._max_queued:
             raise BackPressureError(
@@ -210,7 +210,7 @@ class Router:
                     tried.clear()
                     continue
                 try:
-                    call = await self._start_call(replica_id, path, payload)
+                    call = await self._start_call(replica_id, kind, payload)
                     return replica_id, call
                 except _Rejected as rejection:
                     tried.add(replica_id)
@@ -221,32 +221,32 @@ class Router:
         finally:
             self._waiting -= 1
 
-    async def _start_call(self, replica_id: str, path: str, payload: bytes) -> Any:
+    async def _start_call(self, replica_id: str, kind: Kind, payload: bytes) -> Call:
         view = self._replicas[replica_id]
-        channel = self._channel(view.address)
-        # Every call is a server stream on the wire: a unary call's initial metadata (our
-        # "accepted" signal) would only arrive together with its response.
-        stub: Any = channel.unary_stream(path)
-        call: Any = stub(payload, metadata=self._metadata)
+        try:
+            connection = await self._connection(view.address)
+        except (OSError, TimeoutError):
+            raise _Rejected(unreachable=True) from None
+        call = connection.start(kind, payload)
         view.in_flight += 1
         try:
-            metadata = await call.initial_metadata()
+            load = await call.accepted
         except asyncio.CancelledError:
             call.cancel()
+            connection.done(call)
             self._release(replica_id)
             raise
-        if metadata is not None and ACCEPTED_KEY in dict(metadata):
-            return call
-        self._release(replica_id)
-        code = await call.code()
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        except ConnectionLost:
+            connection.done(call)
+            self._release(replica_id)
+            raise _Rejected(unreachable=True) from None
+        if load is None:
+            connection.done(call)
+            self._release(replica_id)
             raise _Rejected(unreachable=False)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise _Rejected(unreachable=True)
-        details = await call.details()
-        raise ReplicaUnavailableError(
-            f"replica {replica_id} refused the call: {code.name}: {details}"
-        )
+        view.reported_load = load
+        view.reported_at = time.monotonic()
+        return call
 
     def _report_demand(self) -> None:
         """Tell the controller a call waits with no replica (scale from zero), at most 1/s."""
@@ -271,57 +271,42 @@ class Router:
             view.in_flight -= 1
         self._wake()
 
-    async def _record_load(self, replica_id: str, call: Any) -> None:
-        with contextlib.suppress(Exception):
-            trailing = dict(await call.trailing_metadata() or ())
-            view = self._replicas.get(replica_id)
-            if view is not None and QUEUE_KEY in trailing:
-                view.reported_load = int(trailing[QUEUE_KEY])
-                view.reported_at = time.monotonic()
-
     # Calling -----------------------------------------------------------------------------
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         payload = codec.dumps((method, args, kwargs))
-        replica_id, call = await self._assign(CALL_METHOD, payload)
+        replica_id, call = await self._assign(Kind.CALL, payload)
         try:
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise ReplicaUnavailableError(
-                    f"replica {replica_id} ended the call without a result: "
-                    f"{(await call.code()).name}: {await call.details()}"
-                )
+            response = await call.result
         except asyncio.CancelledError:
             call.cancel()
             raise
-        except grpc.aio.AioRpcError as error:
-            raise _after_accept_error(replica_id, error) from None
+        except ConnectionLost:
+            raise ReplicaUnavailableError(
+                f"replica {replica_id} went away after accepting the call"
+            ) from None
         finally:
+            call._connection.done(call)
             self._release(replica_id)
-        await self._record_load(replica_id, call)
         return codec.decode(response)
 
     async def stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         payload = codec.dumps((method, args, kwargs))
-        replica_id, call = await self._assign(STREAM_METHOD, payload)
+        replica_id, call = await self._assign(Kind.STREAM, payload)
         try:
-            async for message in call:
+            async for kind, message in call.stream_items():
+                if kind is Kind.END:
+                    if message:
+                        codec.decode(message)  # raises the remote error
+                    return
                 yield codec.decode(message)
-        except grpc.aio.AioRpcError as error:
-            raise _after_accept_error(replica_id, error) from None
+        except ConnectionLost:
+            raise ReplicaUnavailableError(
+                f"replica {replica_id} went away during the stream"
+            ) from None
         finally:
-            if not call.done():
-                call.cancel()
+            call.cancel()  # a no-op once the stream has ended
+            call._connection.done(call)
             self._release(replica_id)
-
-
-def _after_accept_error(replica_id: str, error: grpc.aio.AioRpcError) -> Exception:
-    """Once a replica accepted a call, a failure is the caller's to see: never retried."""
-    if error.code() == grpc.StatusCode.CANCELLED:
-        return RequestCancelledError(f"the call to replica {replica_id} was cancelled")
-    return ReplicaUnavailableError(
-        f"replica {replica_id} failed after accepting the call: "
-        f"{error.code().name}: {error.details()}"
-    )

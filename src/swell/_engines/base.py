@@ -19,15 +19,15 @@ class ReadyInfo:
     host: str
     port: int
     pid: int
-    grpc_port: int | None = None
+    data_port: int | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
-    def grpc_address(self) -> str | None:
-        return None if self.grpc_port is None else f"{self.host}:{self.grpc_port}"
+    def data_address(self) -> str | None:
+        return None if self.data_port is None else f"{self.host}:{self.data_port}"
 
 
 class ReplicaStartupError(Exception):

@@ -59,7 +59,7 @@ class LocalReplica:
                             self._spec.host,
                             int(event["port"]),
                             int(event["pid"]),
-                            event.get("grpc_port"),
+                            event.get("data_port"),
                         )
                     )
                 elif event.get("event") == "failed":

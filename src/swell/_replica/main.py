@@ -38,7 +38,8 @@ async def _serve(spec: Any, events_fd: int) -> int:
     from swell._context import ReplicaContext, set_replica_context
     from swell._dataplane.router import ClusterContext
     from swell._dataplane.service import ReplicaService
-    from swell._dataplane.service import start_server as start_grpc_server
+    from swell._dataplane.service import start_server as start_dataplane
+    from swell._dataplane.service import stop_server as stop_dataplane
     from swell._replica.fastapi_view import bind_routes_to_instance
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
@@ -76,7 +77,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
     service = ReplicaService(
         user, spec.cluster_token, spec.config.max_ongoing_requests, lambda: app.ongoing
     )
-    grpc_server, grpc_port = await start_grpc_server(service, spec.host)
+    dataplane_server, data_port = await start_dataplane(service, spec.host)
     app.handle_load = service.load
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,10 +122,10 @@ async def _serve(spec: Any, events_fd: int) -> int:
     # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, begin_shutdown)
-    _emit(events_fd, {"event": "ready", "port": port, "pid": os.getpid(), "grpc_port": grpc_port})
+    _emit(events_fd, {"event": "ready", "port": port, "pid": os.getpid(), "data_port": data_port})
     await serving
     # HTTP has drained; let in-flight handle calls finish within the same grace period.
-    await grpc_server.stop(spec.config.graceful_shutdown_timeout_s)
+    await stop_dataplane(dataplane_server, service, spec.config.graceful_shutdown_timeout_s)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (run the scripts directly; this makes ``bench.apps`` importable by replicas)."""
