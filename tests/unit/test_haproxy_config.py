@@ -294,3 +294,18 @@ def test_haproxy_accepts_config(case: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
+
+
+def test_wake_server_is_every_backends_backup() -> None:
+    settings = replace(SETTINGS, wake_address="127.0.0.1:7001")
+    config = render(
+        settings,
+        [
+            BackendEntry("a", "/", (server("r1", 9001),)),
+            BackendEntry("b", "/b"),
+        ],
+    )
+    for name in ("app_a", "app_b"):
+        assert "server swell_wake 127.0.0.1:7001 backup" in backend_lines(config, name)
+    # Without one (the default) no backup is rendered.
+    assert "swell_wake" not in render(SETTINGS, [BackendEntry("a", "/")])
