@@ -10,12 +10,30 @@ from starlette.responses import Response
 
 def to_response(result: Any) -> Response:
     """dict/list/number → JSON, str → text, bytes → octet-stream, a Response as it is."""
+    encoded = encode_plain(result)
+    if encoded is None:
+        response: Response = result
+        return response
+    headers, body = encoded
+    return Response(body, media_type=headers[0][1].decode())
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+_BYTES_HEADERS = [(b"content-type", b"application/octet-stream")]
+
+
+def encode_plain(result: Any) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
+    """Headers and body for the common return types, without building a Response object.
+
+    None for a Response (sent as it is). The same types and bytes as ``to_response``.
+    """
     if isinstance(result, Response):
-        return result
+        return None
     if isinstance(result, str):
-        return Response(result, media_type="text/plain; charset=utf-8")
+        return _TEXT_HEADERS, result.encode()
     if isinstance(result, bytes | bytearray | memoryview):
-        return Response(bytes(result), media_type="application/octet-stream")
+        return _BYTES_HEADERS, bytes(result)
     try:
         body = json.dumps(result, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -24,4 +42,4 @@ def to_response(result: Any) -> Response:
             f"response ({error}): return a dict, list, str, bytes or a starlette Response, "
             "with JSON values only (no NaN or infinity)."
         ) from error
-    return Response(body, media_type="application/json")
+    return _JSON_HEADERS, body.encode()

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from swell._replica.responses import to_response
+from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
 from swell.exceptions import BackPressureError
 
@@ -27,6 +27,7 @@ HEALTH_PATH = CONTROL_PREFIX + "health"
 STATS_PATH = CONTROL_PREFIX + "stats"
 RECONFIGURE_PATH = CONTROL_PREFIX + "reconfigure"
 TOKEN_HEADER = "x-swell-token"
+_WATCH_DISCONNECT_AFTER_S = 0.05
 
 logger = logging.getLogger("swell.replica")
 
@@ -43,6 +44,84 @@ async def _send_plain(send: Send, status: int, body: bytes, content_type: bytes)
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class _DisconnectGuard:
+    """Owns ``receive()`` for one request so a disconnect can cancel its handler.
+
+    The body is read up front and replayed to the handler; after that, the only message left
+    is the disconnect, which a watcher task (started only for slow requests) waits for.
+    """
+
+    __slots__ = (
+        "_body",
+        "_event",
+        "_handler",
+        "_receive",
+        "_replayed",
+        "_send",
+        "_watcher",
+        "disconnected",
+        "response_done",
+    )
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._body = b""
+        self._replayed = False
+        self._event: asyncio.Event | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._handler = asyncio.current_task()
+        self.disconnected = False
+        self.response_done = False
+
+    async def read_body(self) -> bool:
+        """False if the client left before its body arrived."""
+        chunks = []
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return True
+
+    async def receive(self) -> Message:
+        if not self._replayed:
+            self._replayed = True
+            return {"type": "http.request", "body": self._body, "more_body": False}
+        self.start_watching()
+        assert self._event is not None
+        await self._event.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.response_done = True
+        await self._send(message)
+
+    def start_watching(self) -> None:
+        if self._watcher is None:
+            self._event = asyncio.Event()
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        # uvicorn also answers http.disconnect once the response is complete: only a
+        # disconnect before that means the client went away.
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self.response_done and self._handler is not None:
+            self.disconnected = True
+            assert self._event is not None
+            self._event.set()
+            self._handler.cancel()
 
 
 class ReplicaASGI:
@@ -87,62 +166,26 @@ class ReplicaASGI:
             self.ongoing -= 1
 
     async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the handler, cancelling it (and its handle calls) if the client goes away.
-
-        The body is read first and replayed to the handler, so a watcher can own
-        ``receive()`` and learn of a disconnect while the handler runs.
-        """
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        disconnected = asyncio.Event()
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        handler = asyncio.current_task()
-        assert handler is not None
-        response_done = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal response_done
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                response_done = True
-            await send(message)
-
-        async def watch() -> None:
-            # uvicorn also answers http.disconnect once the response is complete: only a
-            # disconnect before that means the client went away.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not response_done:
-                disconnected.set()
-                handler.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
+        """Run the handler, cancelling it (and its handle calls) if the client goes away."""
+        guard = _DisconnectGuard(receive, send)
+        if not await guard.read_body():
+            return
+        loop = asyncio.get_running_loop()
+        # Most requests finish long before a client could leave: only those still running
+        # after a moment get a watcher task, so fast requests never pay for one.
+        timer = loop.call_later(_WATCH_DISCONNECT_AFTER_S, guard.start_watching)
         try:
             if self._ingress_app is not None:
-                await self._ingress_app(scope, replay, tracked_send)
+                await self._ingress_app(scope, guard.receive, guard.send)
             else:
-                await self._call_user(scope, replay, tracked_send)
+                await self._call_user(scope, guard.receive, guard.send)
         except asyncio.CancelledError:
-            if not disconnected.is_set():
+            if not guard.disconnected:
                 raise
-            handler.uncancel()
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            watcher.cancel()
+            timer.cancel()
+            guard.stop_watching()
 
     async def _reconfigure(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST from the controller only (it carries the cluster token): a new user_config."""
@@ -164,7 +207,7 @@ class ReplicaASGI:
     async def _call_user(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             result = await self._user.call_http(Request(scope, receive))
-            response = to_response(result)
+            encoded = encode_plain(result)
         except BackPressureError as error:
             await _send_plain(send, 503, str(error).encode(), b"text/plain; charset=utf-8")
             return
@@ -173,7 +216,18 @@ class ReplicaASGI:
             message = f"Internal Server Error: {type(error).__name__}: {error}".encode()
             await _send_plain(send, 500, message, b"text/plain; charset=utf-8")
             return
-        await response(scope, receive, send)
+        if encoded is None:
+            await result(scope, receive, send)
+            return
+        headers, body = encoded
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _control(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if path == RECONFIGURE_PATH:

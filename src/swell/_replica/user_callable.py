@@ -31,6 +31,7 @@ class UserCallable:
         self._is_class = is_class
         self.instance: Any = None
         self._entry: Callable[..., Any] | None = None
+        self._entry_is_async = False
 
     async def construct(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._is_class:
@@ -40,6 +41,8 @@ class UserCallable:
         else:
             self.instance = None
             self._entry = self._func_or_class
+        # Decided once: inspecting the entry on every request is measurable at 10k req/s.
+        self._entry_is_async = self._entry is not None and inspect.iscoroutinefunction(self._entry)
 
     async def reconfigure(self, user_config: Any) -> None:
         hook = getattr(self.instance, "reconfigure", None)
@@ -116,4 +119,6 @@ class UserCallable:
                 f"{type(self.instance).__name__} defines no __call__(self, request), so it "
                 "cannot answer HTTP requests; define one or use @swell.ingress(app)."
             )
+        if self._entry_is_async:
+            return await self._entry(request)
         return await call_maybe_sync(self._entry, request)
