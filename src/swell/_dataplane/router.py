@@ -182,12 +182,22 @@ class Router:
 
     async def _assign(self, kind: Kind, payload: bytes) -> tuple[str, Call]:
         """Find a replica that accepts the call; wait (keeping our place) while all are busy."""
+        self._ensure_watching()
+        replica_id = self._choose(set()) if self._waiting == 0 else None
+        if replica_id is not None:
+            # Nobody is waiting and a replica has room: no queueing, no queue limit.
+            try:
+                return replica_id, await self._start_call(replica_id, kind, payload)
+            except _Rejected as rejection:
+                if rejection.unreachable:
+                    self._replicas[replica_id].unreachable_until = (
+                        time.monotonic() + _UNREACHABLE_PENALTY_S
+                    )
         if self._max_queued >= 0 and self._waiting >= self._max_queued:
             raise BackPressureError(
                 f"{self._waiting} requests to deployment '{self._deployment}' are already "
                 f"waiting (max_queued_requests={self._max_queued}); try again later."
             )
-        self._ensure_watching()
         self._waiting += 1
         try:
             deadline = time.monotonic() + NO_REPLICA_DEADLINE_S

@@ -110,6 +110,8 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
         "    http-reuse always",
         # A client that goes away aborts its request at the replica too (cancelling work).
         "    option abortonclose",
+        # Streamed chunks (tokens, SSE) go out as they come, not merged for ~200 ms.
+        "    option http-no-delay",
         "",
         "frontend swell_http",
         f"    bind {settings.bind_host}:{settings.bind_port}",
