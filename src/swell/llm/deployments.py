@@ -94,9 +94,7 @@ class LLMServer:
         self._config = validate_llm_config(llm_config)
         self._lock = threading.Lock()  # on_request_done may come from an engine thread
         self._counters = _Counters()
-        self._engine: LLMEngine = create_engine(
-            self._config, on_request_done=self._on_request_done
-        )
+        self._engine: LLMEngine = create_engine(self._config, on_request_done=self._on_request_done)
         _run_to_completion(self._engine.start())
 
     @property

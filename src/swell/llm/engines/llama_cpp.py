@@ -46,6 +46,7 @@ DEFAULT_N_CTX = 4096
 SHUTDOWN_TIMEOUT_S = 30.0
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 
+
 class StopStringMatcher:
     """Turns the bytes of generated tokens into text, cut before the first stop string.
 
