@@ -96,6 +96,8 @@ async def _serve(spec: Any, events_fd: int) -> int:
         timeout_graceful_shutdown=spec.config.graceful_shutdown_timeout_s or None,
         server_header=False,
         date_header=False,
+        # HAProxy sets no X-Forwarded-* headers for us to trust; skip the middleware.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
