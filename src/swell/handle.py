@@ -238,10 +238,11 @@ class DeploymentHandle:
         return DeploymentResponse(future=asyncio.run_coroutine_threadsafe(coro, _background_loop()))
 
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        resolved_args = tuple([await _resolve(a) for a in args])
-        resolved_kwargs = {k: await _resolve(v) for k, v in kwargs.items()}
+        if any(isinstance(v, DeploymentResponse) for v in (*args, *kwargs.values())):
+            args = tuple([await _resolve(a) for a in args])
+            kwargs = {k: await _resolve(v) for k, v in kwargs.items()}
         router = _router(self.app_name, self.deployment_name)
-        return await router.call(self.method_name, resolved_args, resolved_kwargs)
+        return await router.call(self.method_name, args, kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (

@@ -6,7 +6,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from swell._dataplane.wire import CREDIT, LOAD, STREAM_WINDOW, Kind, read_frame, write_frame
+from swell._dataplane.wire import (
+    CREDIT,
+    LOAD,
+    STREAM_WINDOW,
+    FrameWriter,
+    Kind,
+    read_frame,
+    write_frame,
+)
 
 _CONNECT_DEADLINE_S = 5.0
 
@@ -90,6 +98,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._frames = FrameWriter(writer)
         self._calls: dict[int, Call] = {}
         self._next_id = 1
         self.closed = False
@@ -106,14 +115,14 @@ class Connection:
 
     def send(self, stream_id: int, kind: Kind, payload: bytes = b"") -> None:
         if not self.closed:
-            write_frame(self._writer, stream_id, kind, payload)
+            self._frames.write(stream_id, kind, payload)
 
     def start(self, kind: Kind, payload: bytes) -> Call:
         stream_id = self._next_id
         self._next_id += 1
         call = Call(self, stream_id)
         self._calls[stream_id] = call
-        write_frame(self._writer, stream_id, kind, payload)
+        self._frames.write(stream_id, kind, payload)
         return call
 
     def done(self, call: Call) -> None:

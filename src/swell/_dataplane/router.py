@@ -233,10 +233,12 @@ class Router:
 
     async def _start_call(self, replica_id: str, kind: Kind, payload: bytes) -> Call:
         view = self._replicas[replica_id]
-        try:
-            connection = await self._connection(view.address)
-        except (OSError, TimeoutError):
-            raise _Rejected(unreachable=True) from None
+        connection = self._connections.get(view.address)
+        if connection is None or connection.closed:
+            try:
+                connection = await self._connection(view.address)
+            except (OSError, TimeoutError):
+                raise _Rejected(unreachable=True) from None
         call = connection.start(kind, payload)
         view.in_flight += 1
         try:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from swell._dataplane import codec
-from swell._dataplane.wire import CREDIT, LOAD, STREAM_WINDOW, Kind, read_frame, write_frame
+from swell._dataplane.wire import CREDIT, LOAD, STREAM_WINDOW, FrameWriter, Kind, read_frame
 
 _HELLO_DEADLINE_S = 10.0
 _DRAIN_ABOVE_BYTES = 1 << 20
@@ -105,6 +105,7 @@ class _Connection:
         self._service = service
         self._reader = reader
         self._writer = writer
+        self._frames = FrameWriter(writer)
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._credits: dict[int, _Credit] = {}
 
@@ -131,10 +132,10 @@ class _Connection:
     def _admit(self, stream_id: int, kind: Kind, payload: bytes) -> None:
         service = self._service
         if service.load() >= service._max_ongoing:
-            write_frame(self._writer, stream_id, Kind.REJECTED)
+            self._frames.write(stream_id, Kind.REJECTED)
             return
         service.ongoing += 1
-        write_frame(self._writer, stream_id, Kind.ACCEPTED, LOAD.pack(service.load()))
+        self._frames.write(stream_id, Kind.ACCEPTED, LOAD.pack(service.load()))
         if kind is Kind.STREAM:
             self._credits[stream_id] = _Credit(STREAM_WINDOW)
         self._calls[stream_id] = asyncio.get_running_loop().create_task(
@@ -142,7 +143,7 @@ class _Connection:
         )
 
     async def _send(self, stream_id: int, kind: Kind, payload: bytes) -> None:
-        write_frame(self._writer, stream_id, kind, payload)
+        self._frames.write(stream_id, kind, payload)
         transport = self._writer.transport
         if transport.get_write_buffer_size() > _DRAIN_ABOVE_BYTES:
             await self._writer.drain()
