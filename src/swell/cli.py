@@ -20,6 +20,7 @@ import yaml
 
 from swell import api
 from swell._import_path import load_application
+from swell._procs import pid_alive
 from swell.config import ControllerOptions, HTTPOptions, RunOptions
 from swell.config_file import build_config, load_config_file
 from swell.exceptions import ControllerUnavailableError, DeploymentFailedError, SwellError
@@ -174,21 +175,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _cmd_shutdown(args: argparse.Namespace) -> int:
     pid = api.fetch_status(args.address, args.token)["controller_info"]["pid"]
     api.admin_request(args.address, "DELETE", "/api/serve/applications/", args.token, timeout_s=300)
     api.admin_request(args.address, "POST", "/api/swell/shutdown", args.token)
     deadline = time.monotonic() + _START_DEADLINE_S
     while time.monotonic() < deadline:
-        if not _process_alive(pid):
+        if not pid_alive(pid):
             print("swell: shut down")
             return 0
         time.sleep(_POLL_S)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from swell._engines.base import ReadyInfo, ReplicaStartupError
+from swell._procs import pid_alive
 from swell._spec import ReplicaSpec
 
 _EXIT_POLL_S = 0.05
@@ -128,11 +129,7 @@ class AdoptedReplica:
         return self._pid
 
     def alive(self) -> bool:
-        try:
-            os.kill(self._pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return pid_alive(self._pid)
 
     async def _watch(self) -> None:
         while self.alive():

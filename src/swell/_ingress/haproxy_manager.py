@@ -27,6 +27,7 @@ from swell._ingress.haproxy_config import (
     render,
 )
 from swell._ingress.haproxy_runtime import HAProxyRuntime, UnixSocketTransport
+from swell._procs import pid_alive
 from swell.config import HTTPOptions
 from swell.exceptions import HAProxyError, HAProxyNotFoundError, PortInUseError
 
@@ -148,7 +149,7 @@ class HAProxyManager:
     def _alive(self) -> bool:
         if self._process is not None:
             return self._process.poll() is None
-        return self._adopted_pid is not None and _pid_alive(self._adopted_pid)
+        return self._adopted_pid is not None and pid_alive(self._adopted_pid)
 
     def _signal(self, signum: int) -> None:
         pid = self.pid
@@ -166,7 +167,7 @@ class HAProxyManager:
         ``backends`` is what the previous controller had built; servers are reconciled later
         through the runtime API, as usual.
         """
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return False
         try:
             await self.runtime.process_id()
@@ -323,13 +324,3 @@ class HAProxyManager:
             self._signal(signal.SIGKILL)
             if self._process is not None:
                 await loop.run_in_executor(None, self._process.wait)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
