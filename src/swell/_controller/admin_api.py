@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
 from swell.exceptions import ConfigError
 
 
@@ -68,8 +69,7 @@ class _RequireToken:
         await self._app(scope, receive, send)
 
 
-ROUTER_PREFIXES = ("/api/swell/replica-sets/", "/api/swell/demand/")
-CLUSTER_TOKEN_HEADER = "x-swell-token"
+ROUTER_PREFIXES = (REPLICA_SETS_PREFIX, DEMAND_PREFIX)
 
 
 def build_admin_app(

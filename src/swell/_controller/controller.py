@@ -22,19 +22,20 @@ import httpx
 from swell._controller.autoscaler import Autoscaler
 from swell._controller.deployment_state import DeploymentState, DeploymentStatus, ReplicaState
 from swell._engines.base import Engine, ReadyInfo, ReplicaRuntime, ReplicaStartupError
+from swell._protocol import (
+    BACKEND_QUEUE,
+    CLUSTER_TOKEN_HEADER,
+    CONTROL_HEALTH_PATH,
+    CONTROL_RECONFIGURE_PATH,
+    CONTROL_STATS_PATH,
+)
 from swell._spec import CallableRef, ReplicaSpec
 from swell.config import DeploymentConfig
 from swell.exceptions import ConfigError
 
 logger = logging.getLogger("swell.controller")
 
-BACKEND_QUEUE = "BACKEND"  # the key under which the ingress reports requests queued in HAProxy
-
 _TICK_S = 0.1
-_HEALTH_PATH = "/-/swell/health"
-_RECONFIGURE_PATH = "/-/swell/reconfigure"
-_STATS_PATH = "/-/swell/stats"
-TOKEN_HEADER = "x-swell-token"
 
 
 class IngressManager(Protocol):
@@ -293,9 +294,9 @@ class Controller:
         """Hand a live replica its new user_config; one that rejects it is replaced."""
         try:
             response = await self._http.post(
-                f"http://{address}{_RECONFIGURE_PATH}",
+                f"http://{address}{CONTROL_RECONFIGURE_PATH}",
                 content=pickle.dumps(deployment.target.config.user_config),
-                headers={TOKEN_HEADER: self.cluster_token},
+                headers={CLUSTER_TOKEN_HEADER: self.cluster_token},
                 timeout=deployment.target.config.health_check_timeout_s,
             )
             ok, detail = response.status_code == 200, response.text
@@ -585,7 +586,7 @@ class Controller:
 
     async def _replica_load(self, address: str) -> int | None:
         try:
-            response = await self._http.get(f"http://{address}{_STATS_PATH}", timeout=2.0)
+            response = await self._http.get(f"http://{address}{CONTROL_STATS_PATH}", timeout=2.0)
             return int(response.json()["load"])
         except (httpx.HTTPError, ValueError, KeyError):
             return None
@@ -648,7 +649,7 @@ class Controller:
         timeout = deployment.target.config.health_check_timeout_s
         try:
             response = await self._http.get(
-                f"http://{record.address}{_HEALTH_PATH}", timeout=timeout
+                f"http://{record.address}{CONTROL_HEALTH_PATH}", timeout=timeout
             )
             ok, detail = response.status_code == 200, response.text
         except httpx.HTTPError as error:

@@ -20,6 +20,7 @@ import httpx
 from swell._dataplane import codec
 from swell._dataplane.client import Call, Connection, ConnectionLost
 from swell._dataplane.wire import Kind
+from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
 from swell.exceptions import BackPressureError, ReplicaUnavailableError
 
 _WATCH_TIMEOUT_S = 30.0
@@ -84,11 +85,9 @@ class Router:
             )
 
     async def _watch(self) -> None:
-        url = (
-            f"{self._cluster.controller_url}/api/swell/replica-sets/{self._app}/{self._deployment}"
-        )
+        url = f"{self._cluster.controller_url}{REPLICA_SETS_PREFIX}{self._app}/{self._deployment}"
         delay = 0.1
-        headers = {"x-swell-token": self._cluster.token}
+        headers = {CLUSTER_TOKEN_HEADER: self._cluster.token}
         async with httpx.AsyncClient(timeout=_WATCH_TIMEOUT_S + 10, headers=headers) as client:
             while True:
                 try:
@@ -266,12 +265,12 @@ class Router:
         if now - self._demand_reported_at < _DEMAND_EVERY_S:
             return
         self._demand_reported_at = now
-        url = f"{self._cluster.controller_url}/api/swell/demand/{self._app}/{self._deployment}"
+        url = f"{self._cluster.controller_url}{DEMAND_PREFIX}{self._app}/{self._deployment}"
 
         async def post() -> None:
             with contextlib.suppress(httpx.HTTPError):
                 async with httpx.AsyncClient(timeout=5.0) as client:
-                    await client.post(url, headers={"x-swell-token": self._cluster.token})
+                    await client.post(url, headers={CLUSTER_TOKEN_HEADER: self._cluster.token})
 
         task = asyncio.get_running_loop().create_task(post())
         self._background.add(task)

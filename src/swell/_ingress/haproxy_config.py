@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-NO_ROUTE_BACKEND = "swell_no_route"
-READY_CHECK_PATH = "/-/swell/ready"
+from swell._protocol import CONTROL_READY_PATH, NO_ROUTE_BACKEND, WAKE_SERVER, backend_name
+
 CHECK_INTERVAL_MS = 1000
-WAKE_SERVER = "swell_wake"
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,6 @@ class BackendEntry:
     @property
     def name(self) -> str:
         return backend_name(self.app_name)
-
-
-def backend_name(app_name: str) -> str:
-    return f"app_{app_name}"
 
 
 def server_arguments(server: ServerEntry) -> str:
@@ -139,7 +134,7 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
             "",
             f"backend {backend.name}",
             "    balance leastconn",
-            f"    option httpchk GET {READY_CHECK_PATH}",
+            f"    option httpchk GET {CONTROL_READY_PATH}",
             "    http-check expect status 200",
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]

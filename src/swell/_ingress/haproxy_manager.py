@@ -19,15 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from swell._ingress.haproxy_config import (
-    WAKE_SERVER,
     BackendEntry,
     IngressSettings,
     ServerEntry,
-    backend_name,
     render,
 )
 from swell._ingress.haproxy_runtime import HAProxyRuntime, UnixSocketTransport
 from swell._procs import pid_alive
+from swell._protocol import WAKE_SERVER, backend_name
 from swell.config import HTTPOptions
 from swell.exceptions import HAProxyError, HAProxyNotFoundError, PortInUseError
 

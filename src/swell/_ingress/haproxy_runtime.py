@@ -7,7 +7,8 @@ import csv
 import io
 from typing import Protocol
 
-from swell._ingress.haproxy_config import WAKE_SERVER, ServerEntry, server_arguments
+from swell._ingress.haproxy_config import ServerEntry, server_arguments
+from swell._protocol import BACKEND_QUEUE, WAKE_SERVER
 from swell.exceptions import HAProxyError
 
 _COMMAND_TIMEOUT_S = 5.0
@@ -90,9 +91,9 @@ class HAProxyRuntime:
         for row in rows:
             if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", WAKE_SERVER):
                 continue
-            if row.get("svname") == "BACKEND":
+            if row.get("svname") == BACKEND_QUEUE:
                 # Requests queued in the backend, not yet given to any server.
-                sessions["BACKEND"] = int(row.get("qcur") or 0)
+                sessions[BACKEND_QUEUE] = int(row.get("qcur") or 0)
                 continue
             sessions[row["svname"]] = int(row.get("scur") or 0) + int(row.get("qcur") or 0)
         return sessions

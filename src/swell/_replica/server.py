@@ -17,16 +17,18 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
+from swell._protocol import (
+    CLUSTER_TOKEN_HEADER,
+    CONTROL_HEALTH_PATH,
+    CONTROL_READY_PATH,
+    CONTROL_RECONFIGURE_PATH,
+    CONTROL_STATS_PATH,
+)
 from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
 from swell.exceptions import BackPressureError
 
 CONTROL_PREFIX = "/-/swell/"
-READY_PATH = CONTROL_PREFIX + "ready"
-HEALTH_PATH = CONTROL_PREFIX + "health"
-STATS_PATH = CONTROL_PREFIX + "stats"
-RECONFIGURE_PATH = CONTROL_PREFIX + "reconfigure"
-TOKEN_HEADER = "x-swell-token"
 _WATCH_DISCONNECT_AFTER_S = 0.05
 
 logger = logging.getLogger("swell.replica")
@@ -190,7 +192,7 @@ class ReplicaASGI:
     async def _reconfigure(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST from the controller only (it carries the cluster token): a new user_config."""
         headers = dict(scope.get("headers", []))
-        if scope.get("method") != "POST" or headers.get(TOKEN_HEADER.encode()) != (
+        if scope.get("method") != "POST" or headers.get(CLUSTER_TOKEN_HEADER.encode()) != (
             self._token.encode()
         ):
             await _send_plain(send, 403, b"forbidden", b"text/plain")
@@ -230,12 +232,12 @@ class ReplicaASGI:
         await send({"type": "http.response.body", "body": body})
 
     async def _control(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        if path == RECONFIGURE_PATH:
+        if path == CONTROL_RECONFIGURE_PATH:
             await self._reconfigure(scope, receive, send)
-        elif path == READY_PATH:
+        elif path == CONTROL_READY_PATH:
             status = 503 if self.draining else 200
             await _send_plain(send, status, b"draining" if self.draining else b"ok", b"text/plain")
-        elif path == HEALTH_PATH:
+        elif path == CONTROL_HEALTH_PATH:
             try:
                 await self._user.check_health()
             except Exception as error:
@@ -243,7 +245,7 @@ class ReplicaASGI:
                 await _send_plain(send, 500, detail, b"text/plain")
                 return
             await _send_plain(send, 200, b"ok", b"text/plain")
-        elif path == STATS_PATH:
+        elif path == CONTROL_STATS_PATH:
             body = json.dumps(
                 {"ongoing": self.ongoing, "load": self.handle_load(), "draining": self.draining}
             ).encode()

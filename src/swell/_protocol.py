@@ -1,0 +1,49 @@
+"""Names every side of swell must agree on: paths, headers, HAProxy object names.
+
+The controller, the replicas, the HAProxy renderer and the routers import these from here, so
+a path or header is spelled once. (The data plane's frame kinds live in ``_dataplane/wire.py``,
+the one module that reads and writes frames.)
+"""
+
+from __future__ import annotations
+
+# A replica's control listener: a port of its own, never the user-facing one, so no client
+# request can reach these through HAProxy whatever its path encoding.
+CONTROL_READY_PATH = "/-/swell/ready"  # HAProxy's health check: 200, or 503 while draining
+CONTROL_HEALTH_PATH = "/-/swell/health"  # runs the user's check_health()
+CONTROL_STATS_PATH = "/-/swell/stats"  # in-flight requests and handle-call load
+CONTROL_RECONFIGURE_PATH = "/-/swell/reconfigure"  # a new user_config (POST)
+
+# Proves a caller is part of this swell cluster (controller → replica control calls, routers →
+# controller watches). Compared in constant time everywhere.
+CLUSTER_TOKEN_HEADER = "x-swell-token"
+
+# The admin API's credential, as a bearer token in either header (the second is what a KubeRay
+# operator with token authentication sends).
+ADMIN_TOKEN_HEADERS = ("authorization", "x-ray-authorization")
+
+# Set by HAProxy on every request it forwards (overwriting any a client sent): the route
+# prefix of the application, which the replica turns into the ASGI root_path. Because it comes
+# with each request, an application's prefix can change without restarting its replicas.
+ROUTE_PREFIX_HEADER = "x-swell-route-prefix"
+
+# Echoed on every response and generated when a client sent none.
+REQUEST_ID_HEADER = "x-request-id"
+
+# The admin API.
+APPLICATIONS_PATH = "/api/serve/applications/"
+SHUTDOWN_PATH = "/api/swell/shutdown"
+REPLICA_SETS_PREFIX = "/api/swell/replica-sets/"
+DEMAND_PREFIX = "/api/swell/demand/"
+ADMIN_HEALTH_PATH = "/-/healthz"
+
+# HAProxy object names.
+NO_ROUTE_BACKEND = "swell_no_route"
+WAKE_SERVER = "swell_wake"
+# The key under which the ingress reports requests queued in a backend (not yet at a server).
+BACKEND_QUEUE = "BACKEND"
+
+
+def backend_name(app_name: str) -> str:
+    """The HAProxy backend of one application."""
+    return f"app_{app_name}"
