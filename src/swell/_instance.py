@@ -1,12 +1,14 @@
 """A running swell instance in this process: controller, HAProxy and admin API on one thread.
 
-The thread owns its own event loop; the public API talks to it with ``call()``.
+The thread owns its own event loop; the public API talks to it with ``call()``. The instance
+also answers the admin API (it is its ``AdminBackend``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import shutil
 import socket
 import sys
@@ -17,25 +19,35 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cloudpickle
 import uvicorn
 
-from swell._controller.admin_api import build_admin_app
-from swell._controller.controller import Controller, DeploymentTarget
+from swell._controller.admin_api import allowed_hosts, build_admin_app
+from swell._controller.controller import Controller
+from swell._controller.deployer import ConfigDeployer, Prepared
 from swell._controller.store import Checkpoint
 from swell._controller.wake import WakeServer
 from swell._dataplane.router import ClusterContext
 from swell._engines.local import LocalEngine
 from swell._ingress.haproxy_manager import HAProxyManager, ensure_port_free
-from swell.config import ControllerOptions, HTTPOptions, RunOptions, ServeConfig, validate_model
+from swell._private_files import (
+    DirectoryLock,
+    new_token,
+    private_dir,
+    read_private,
+    read_token,
+    runtime_dir,
+    token_path,
+    write_private,
+)
+from swell.config import ControllerOptions, HTTPOptions, ServeConfig, validate_model
 from swell.exceptions import ConfigError
 from swell.handle import close_routers, set_cluster_context
 
 T = TypeVar("T")
 
 _START_DEADLINE_S = 60.0
-_PREPARE_DEADLINE_S = 300.0
 _STOP_DEADLINE_S = 120.0
+_STATE_TOKEN_NAME = "admin.token"
 
 
 def _serve_quietly(
@@ -77,39 +89,9 @@ class _LateController:
         return await controller.wait_for_ingress_replica(app_name, timeout_s)
 
 
-async def _prepare_in_subprocess(
-    config: ServeConfig,
-) -> list[tuple[RunOptions, list[DeploymentTarget]]]:
-    """Import the config's applications in a fresh process; its errors become ConfigError."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "swell._prepare",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(
-            process.communicate(config.model_dump_json().encode()), _PREPARE_DEADLINE_S
-        )
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise ConfigError(
-            f"Importing the config's applications took longer than {_PREPARE_DEADLINE_S}s"
-        ) from None
-    if process.returncode != 0:
-        raise ConfigError(
-            err.decode(errors="replace").strip() or "the config could not be imported"
-        )
-    prepared: list[tuple[RunOptions, list[DeploymentTarget]]] = cloudpickle.loads(out)
-    return prepared
-
-
 def _loopback_for(host: str) -> str:
     """Where local processes reach a server bound to ``host``."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
 
 
 class SwellInstance:
@@ -126,9 +108,12 @@ class SwellInstance:
         self._start_error: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self.controller: Controller | None = None
+        self.deployer: ConfigDeployer | None = None
         self.ingress: HAProxyManager | None = None
         self.admin_port: int | None = None
-        self.applied_config: dict[str, Any] | None = None
+        self.admin_token = controller_options.admin_token or ""
+        self.token_file: Path | None = None
+        self._wake: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
 
     # Called from the user's thread --------------------------------------------------------
 
@@ -152,9 +137,18 @@ class SwellInstance:
 
     def status(self) -> dict[str, Any]:
         async def read(controller: Controller) -> dict[str, Any]:
-            return self._full_status(controller)
+            return self.status_document()
 
         return self.call(read, 10.0)
+
+    def deploy_prepared(self, prepared: Prepared, timeout: float) -> None:
+        """Deploy applications (``swell.run``), after any config deploy in progress."""
+
+        async def deploy(controller: Controller) -> None:
+            assert self.deployer is not None
+            await self.deployer.deploy(prepared)
+
+        self.call(deploy, timeout)
 
     @property
     def running(self) -> bool:
@@ -168,8 +162,23 @@ class SwellInstance:
     # On the controller's thread: the admin API's backend ---------------------------------
 
     def status_document(self) -> dict[str, Any]:
-        assert self.controller is not None
-        return self._full_status(self.controller)
+        controller, ingress, deployer = self.controller, self.ingress, self.deployer
+        assert controller is not None and ingress is not None and deployer is not None
+        status = controller.status()
+        deployer.overlay(status["applications"])
+        status["proxies"] = {
+            socket.gethostname(): {
+                "status": "HEALTHY",
+                "pid": ingress.pid,
+                "address": ingress.address,
+                "haproxy_binary": ingress.binary,
+                "haproxy_version": ingress.version,
+            }
+        }
+        status["http_options"] = self.http_options.model_dump(mode="json")
+        status["admin_port"] = self.admin_port
+        status["deployed_config"] = deployer.applied
+        return status
 
     def note_demand(self, app_name: str, deployment: str) -> bool:
         assert self.controller is not None
@@ -185,13 +194,14 @@ class SwellInstance:
         assert self.controller is not None
         return await self.controller.watch_replica_set(app_name, deployment, known_version, wait_s)
 
-    async def apply_config(self, document: Any) -> None:
-        """A PUT of the whole config: validated in a fresh process before anything changes."""
+    def submit_config(self, document: Any) -> None:
+        """A PUT of the whole config: its schema now, the rest in the background."""
+        if not isinstance(document, dict):
+            raise ConfigError("the config must be a JSON object (serveConfigV2's fields)")
         config: ServeConfig = validate_model(ServeConfig, document, "config")
         self._check_http_options(config.http_options)
-        prepared = await _prepare_in_subprocess(config)
-        await self.deploy(prepared, declarative=True)
-        self.applied_config = config.model_dump(mode="json", exclude_unset=True)
+        assert self.deployer is not None
+        self.deployer.submit(config)
 
     def _check_http_options(self, wanted: HTTPOptions) -> None:
         for field in ("host", "port"):
@@ -204,45 +214,11 @@ class SwellInstance:
                     "swell starts: restart it to change them."
                 )
 
-    async def deploy(
-        self, prepared: list[tuple[RunOptions, list[DeploymentTarget]]], declarative: bool
-    ) -> None:
-        """Hand applications to the controller; with ``declarative``, remove all others."""
-        controller = self.controller
-        assert controller is not None
-        for options, targets in prepared:
-            await controller.deploy_app(options.name, options.route_prefix, targets)
-        if declarative:
-            keep = {options.name for options, _ in prepared}
-            for name in [n for n in controller.app_names() if n not in keep]:
-                await controller.delete_app(name)
-
     async def delete_all(self) -> None:
-        controller = self.controller
-        assert controller is not None
-        for name in controller.app_names():
-            await controller.delete_app(name)
-        self.applied_config = None
+        assert self.deployer is not None
+        await self.deployer.delete_all()
 
     # On the controller's thread -----------------------------------------------------------
-
-    def _full_status(self, controller: Controller) -> dict[str, Any]:
-        status = controller.status()
-        ingress = self.ingress
-        assert ingress is not None
-        status["proxies"] = {
-            socket.gethostname(): {
-                "status": "HEALTHY",
-                "pid": ingress.pid,
-                "address": ingress.address,
-                "haproxy_binary": ingress.binary,
-                "haproxy_version": ingress.version,
-            }
-        }
-        status["http_options"] = self.http_options.model_dump(mode="json")
-        status["admin_port"] = self.admin_port
-        status["deployed_config"] = self.applied_config
-        return status
 
     def _thread_main(self) -> None:
         asyncio.run(self._main())
@@ -251,51 +227,27 @@ class SwellInstance:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         state_dir = self.controller_options.state_dir
-        if state_dir is not None:
-            runtime_dir = Path(state_dir).resolve()
-            runtime_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint: Checkpoint | None = Checkpoint(runtime_dir)
-        else:
-            runtime_dir = Path(tempfile.mkdtemp(prefix="swell-"))
-            checkpoint = None
-        engine = LocalEngine()
+        checkpoint: Checkpoint | None = None
+        lock: DirectoryLock | None = None
         admin_server: uvicorn.Server | None = None
         admin_task: asyncio.Task[None] | None = None
         wake_server: uvicorn.Server | None = None
         wake_task: asyncio.Task[None] | None = None
+        work_dir: Path | None = None
         try:
             try:
-                ensure_port_free(
-                    self.controller_options.admin_host,
-                    self.controller_options.admin_port,
-                    "the admin API (--admin-port)",
-                )
-                saved = checkpoint.load() if checkpoint is not None else None
-                wake_server, wake_task, wake_address = await self._start_wake_server()
-                self.ingress = HAProxyManager(
-                    self.http_options,
-                    runtime_dir,
-                    wake_address,
-                    survive_controller=bool(saved or checkpoint),
-                )
-                self.controller = Controller(
-                    engine,
-                    self.ingress,
-                    list(sys.path),
-                    cluster_token=saved["token"] if saved else None,
-                    survive_controller=checkpoint is not None,
-                )
-                await self._bring_up_ingress(saved, engine, wake_address)
-                if checkpoint is not None:
-                    self.controller.checkpoint = lambda: checkpoint.save(self._snapshot())
+                if state_dir is not None:
+                    work_dir = private_dir(state_dir, "--state-dir")
+                    lock = DirectoryLock(work_dir)
+                    lock.acquire()
+                    checkpoint = Checkpoint(work_dir)
+                else:
+                    work_dir = Path(tempfile.mkdtemp(prefix="swell-"))  # 0700
+                await self._bring_up(work_dir, checkpoint)
+                assert self._wake is not None and self.controller is not None
+                wake_server, wake_task = self._wake
+                admin_server, admin_task = await self._start_admin_api()
                 self.controller.start()
-                admin_server, admin_task = await self._start_admin_api(self.controller)
-                self.controller.controller_url = (
-                    f"http://{_loopback_for(self.controller_options.admin_host)}:{self.admin_port}"
-                )
-                set_cluster_context(
-                    ClusterContext(self.controller.controller_url, self.controller.cluster_token)
-                )
             except BaseException as error:
                 self._start_error = error
                 return
@@ -303,29 +255,72 @@ class SwellInstance:
                 self._started.set()
             await self._stop.wait()
         finally:
-            set_cluster_context(None)
-            close_routers()
-            if self.controller is not None:
-                await self.controller.shutdown()
-            if self.ingress is not None:
-                await self.ingress.stop()
-            if checkpoint is not None:
-                checkpoint.clear()
+            await self._tear_down(checkpoint, work_dir if state_dir is None else None)
             for server, task in ((admin_server, admin_task), (wake_server, wake_task)):
                 if server is not None and task is not None:
                     server.should_exit = True
-                    await asyncio.wait_for(task, 10.0)
-            if checkpoint is None:
-                shutil.rmtree(runtime_dir, ignore_errors=True)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(task, 10.0)
+            self._forget_token_file()
+            if lock is not None:
+                lock.release()
+
+    async def _bring_up(self, work_dir: Path, checkpoint: Checkpoint | None) -> None:
+        options = self.controller_options
+        ensure_port_free(options.admin_host, options.admin_port, "the admin API (--admin-port)")
+        saved = checkpoint.load() if checkpoint is not None else None
+        if checkpoint is not None and not self.admin_token:
+            # A restarted controller keeps the token its clients already have.
+            kept = read_token(work_dir / _STATE_TOKEN_NAME)
+            self.admin_token = kept or new_token()
+            write_private(work_dir / _STATE_TOKEN_NAME, self.admin_token.encode())
+        self.admin_token = self.admin_token or new_token()
+        wake_server, wake_task, wake_address = await self._start_wake_server()
+        self._wake = (wake_server, wake_task)
+        engine = LocalEngine()
+        self.ingress = HAProxyManager(
+            self.http_options,
+            work_dir,
+            wake_address,
+            survive_controller=checkpoint is not None,
+        )
+        self.controller = Controller(
+            engine,
+            self.ingress,
+            list(sys.path),
+            cluster_token=saved["token"] if saved else None,
+            survive_controller=checkpoint is not None,
+            max_request_body_bytes=getattr(self.http_options, "max_request_body_bytes", None),
+        )
+        self.deployer = ConfigDeployer(self.controller, work_dir, self.controller._spawn)
+        if saved is not None:
+            self.deployer.applied = saved.get("applied_config")
+        await self._bring_up_ingress(saved, engine, wake_address)
+        if checkpoint is not None:
+            snapshot_of = self._snapshot
+            self.controller.checkpoint = lambda: checkpoint.save(snapshot_of())
+
+    async def _tear_down(self, checkpoint: Checkpoint | None, scratch: Path | None) -> None:
+        set_cluster_context(None)
+        close_routers()
+        if self.controller is not None:
+            await self.controller.shutdown()
+        if self.ingress is not None:
+            await self.ingress.stop()
+        if checkpoint is not None:
+            checkpoint.clear()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _snapshot(self) -> dict[str, Any]:
         assert self.controller is not None and self.ingress is not None
+        assert self.deployer is not None
         return {
             "token": self.controller.cluster_token,
             "apps": self.controller.snapshot(),
             "haproxy_pid": self.ingress.pid,
             "backends": self.ingress.backends,
-            "applied_config": self.applied_config,
+            "applied_config": self.deployer.applied,
         }
 
     async def _bring_up_ingress(
@@ -337,7 +332,6 @@ class SwellInstance:
         adopted = False
         if saved is not None:
             adopted = await ingress.adopt(saved["haproxy_pid"], saved["backends"])
-            self.applied_config = saved.get("applied_config")
         if adopted:
             await ingress.set_wake_address(wake_address)
         else:
@@ -348,23 +342,12 @@ class SwellInstance:
             await ingress.start()
         if saved is None:
             return
-        dead = controller.restore(saved["apps"], engine.adopt)
-        for app_name, replica_id in dead:
+        gone = controller.restore(saved["apps"], engine.adopt)
+        for app_name, replica_id in gone:
             await ingress.remove_server(app_name, replica_id)
         if not adopted:
             # A new HAProxy knows no servers yet: add the adopted ingress replicas.
-            for app in controller.snapshot():
-                for item in app["deployments"]:
-                    target = item["target"]
-                    if not target.is_ingress or app["route_prefix"] is None:
-                        continue
-                    for replica in item["replicas"]:
-                        await ingress.add_server(
-                            app["name"],
-                            replica["replica_id"],
-                            replica["address"],
-                            target.config.max_ongoing_requests,
-                        )
+            await controller.rejoin_haproxy()
 
     async def _start_wake_server(self) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
         """The backup server HAProxy uses while an app has no replica (scale from zero)."""
@@ -375,13 +358,38 @@ class SwellInstance:
         server, task = _serve_quietly(app, sock, "swell-wake-server")
         return server, task, address
 
-    async def _start_admin_api(
-        self, controller: Controller
-    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    async def _start_admin_api(self) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+        controller = self.controller
+        assert controller is not None
         options = self.controller_options
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in options.admin_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.admin_host, options.admin_port))
         self.admin_port = sock.getsockname()[1]
-        app = build_admin_app(self, options.admin_token, controller.cluster_token)
+        self._publish_token_file()
+        app = build_admin_app(
+            self,
+            self.admin_token,
+            controller.cluster_token,
+            allowed_hosts(options.admin_host, self.admin_port),
+        )
+        controller.controller_url = f"http://{_loopback_for(options.admin_host)}:{self.admin_port}"
+        set_cluster_context(ClusterContext(controller.controller_url, controller.cluster_token))
         return _serve_quietly(app, sock, "swell-admin-api")
+
+    def _publish_token_file(self) -> None:
+        """Leave the admin token where this user's CLI finds it (0600 in a 0700 directory)."""
+        assert self.admin_port is not None
+        path = token_path(runtime_dir(), self.admin_port)
+        write_private(path, self.admin_token.encode())
+        self.token_file = path
+
+    def _forget_token_file(self) -> None:
+        path = self.token_file
+        if path is None:
+            return
+        with contextlib.suppress(ConfigError, OSError):
+            if read_private(path) == self.admin_token.encode():
+                path.unlink()
+        self.token_file = None

@@ -1,37 +1,43 @@
-"""``python -m swell._prepare``: import and validate a config in a fresh process.
+"""``python -m swell._prepare RESULT_PATH``: import and validate a config in a fresh process.
 
 The controller never imports user code itself: a config's modules are imported here, fresh
-(so changed code is seen), and what the controller needs comes back pickled on stdout. A bad
-config exits with status 2 and the reason on stderr.
+(so changed code is seen). The outcome is pickled into RESULT_PATH, a file of its own, so what
+the user's modules print while importing cannot corrupt it: ``("ok", prepared)`` or
+``("error", message)``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import cloudpickle
 
-from swell.api import prepare_config
+from swell._targets import prepare_config
 from swell.config import ServeConfig, validate_model
 from swell.exceptions import ConfigError
 
-INVALID_CONFIG = 2
-
 
 def main() -> None:
+    result_path = Path(sys.argv[1])
+    outcome: tuple[str, Any]
     try:
         config = validate_model(ServeConfig, json.load(sys.stdin), "config")
-        prepared = prepare_config(config)
+        outcome = ("ok", prepare_config(config))
     except ConfigError as error:
-        sys.stderr.write(str(error))
-        sys.exit(INVALID_CONFIG)
+        outcome = ("error", str(error))
     except Exception as error:
-        sys.stderr.write(
-            f"Importing the config's applications failed: {type(error).__name__}: {error}"
+        outcome = (
+            "error",
+            f"Importing the config's applications failed: {type(error).__name__}: {error}",
         )
-        sys.exit(INVALID_CONFIG)
-    sys.stdout.buffer.write(cloudpickle.dumps(prepared))
+    try:
+        data = cloudpickle.dumps(outcome)
+    except Exception as error:
+        data = cloudpickle.dumps(("error", f"the prepared applications cannot be pickled: {error}"))
+    result_path.write_bytes(data)
 
 
 if __name__ == "__main__":

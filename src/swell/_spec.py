@@ -66,6 +66,8 @@ class ReplicaSpec:
     survive_controller: bool = False
     env_vars: dict[str, str] = field(default_factory=dict)
     working_dir: str | None = None
+    # http_options.max_request_body_bytes, enforced by the replica for chunked bodies.
+    max_request_body_bytes: int | None = None
 
     def dumps(self) -> bytes:
         payload: bytes = cloudpickle.dumps(self)

@@ -3,38 +3,34 @@
 from __future__ import annotations
 
 import atexit
-import hashlib
 import inspect
-import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-import cloudpickle
-import httpx
-
+from swell import _signals
+from swell._admin_client import admin_request, fetch_status
 from swell._context import ReplicaContext
 from swell._context import get_replica_context as _get_replica_context
-from swell._controller.controller import Controller, DeploymentTarget
-from swell._import_path import load_application
+from swell._controller.controller import Controller
+from swell._controller.model import DeploymentTarget
 from swell._instance import SwellInstance
-from swell._spec import CallableRef, reference_to
+from swell._targets import deployment_targets, prepare_config
 from swell.config import (
     ControllerOptions,
-    DeploymentConfig,
-    DeploymentOverride,
     HTTPOptions,
     RunOptions,
-    RuntimeEnv,
     ServeConfig,
     validate_deployment_options,
     validate_model,
 )
 from swell.deployment import INGRESS_APP_ATTRIBUTE, Application, Deployment
-from swell.exceptions import ConfigError, ControllerUnavailableError, DeploymentFailedError
+from swell.exceptions import ConfigError, DeploymentFailedError
 from swell.handle import DeploymentHandle
 from swell.serve_status import ServeStatus
+
+__all__ = ["admin_request", "fetch_status"]  # re-exported for the CLI
 
 C = TypeVar("C")
 
@@ -141,91 +137,6 @@ def start(
             _atexit_registered.set()
 
 
-def _code_version(
-    dep: Deployment,
-    ref: CallableRef,
-    init_args: bytes,
-    config: DeploymentConfig,
-    env: RuntimeEnv,
-) -> str:
-    """Changes when replicas must be replaced: code, arguments, environment, resources.
-
-    Replica count, autoscaling, queue limits and user_config are left out: those are
-    applied to live replicas in place.
-    """
-    digest = hashlib.sha256()
-    digest.update(repr((ref.module, ref.attribute, ref.pickled)).encode())
-    digest.update(init_args)
-    digest.update(repr(sorted(config.ray_actor_options.items())).encode())
-    digest.update(str(config.max_ongoing_requests).encode())
-    digest.update(env.model_dump_json().encode())
-    try:
-        source = inspect.getsourcefile(dep.func_or_class)
-        if source is not None:
-            with open(source, "rb") as code:
-                digest.update(code.read())
-    except (OSError, TypeError):
-        pass  # built-in or generated code: the reference and pickle above stand for it
-    return digest.hexdigest()[:12]
-
-
-def _as_handle(value: Any, app_name: str) -> Any:
-    if isinstance(value, Application):
-        return DeploymentHandle(value.ingress_name, app_name)
-    return value
-
-
-def _targets(
-    app: Application,
-    app_name: str,
-    overrides: list[DeploymentOverride] | None = None,
-    runtime_env: RuntimeEnv | None = None,
-) -> list[DeploymentTarget]:
-    """What the controller needs per deployment, with a config file's overrides applied."""
-    nodes = app.walk()
-    by_name = {o.name: o for o in overrides or []}
-    unknown = sorted(set(by_name) - {node.deployment.name for node in nodes})
-    if unknown:
-        raise ConfigError(
-            f"deployments {unknown} in the config are not in the application; it has "
-            f"{sorted(node.deployment.name for node in nodes)}."
-        )
-    env = runtime_env or RuntimeEnv()
-    targets = []
-    for node in nodes:
-        dep = node.deployment
-        config = dep.config
-        override = by_name.get(dep.name)
-        if override is not None:
-            merged = config.model_dump(exclude_unset=True)
-            merged.update(override.model_dump(exclude_unset=True, exclude={"name"}))
-            config = validate_deployment_options(merged, f"deployment '{dep.name}' in the config")
-        ref = reference_to(dep.func_or_class, dep)
-        # Bound deployments passed as arguments arrive in the replica as handles.
-        args = tuple(_as_handle(value, app_name) for value in node.args)
-        kwargs = {key: _as_handle(value, app_name) for key, value in node.kwargs.items()}
-        try:
-            init_args = cloudpickle.dumps((args, kwargs))
-        except Exception as error:
-            raise ConfigError(
-                f"The arguments bound to deployment '{dep.name}' cannot be pickled: {error}"
-            ) from error
-        digest = _code_version(dep, ref, init_args, config, env)
-        targets.append(
-            DeploymentTarget(
-                name=dep.name,
-                ref=ref,
-                init_args=init_args,
-                config=config,
-                is_ingress=node is app.root,
-                version=digest,
-                env_vars=dict(env.env_vars),
-                working_dir=env.working_dir,
-            )
-        )
-    return targets
-
-
 def run(
     target: Application,
     blocking: bool = False,
@@ -244,7 +155,7 @@ def run(
             f"{type(target).__name__}.{hint}"
         )
     options = validate_model(RunOptions, {"name": name, "route_prefix": route_prefix}, "run()")
-    _deploy_and_wait([(options, _targets(target, options.name))])
+    _deploy_and_wait([(options, deployment_targets(target, options.name))])
     if blocking:
         _serve_until_signalled()
     return DeploymentHandle(target.ingress_name, options.name)
@@ -277,30 +188,9 @@ def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> N
     """Hand validated applications to the controller, then wait for all of them."""
     start()
     instance = _require_instance()
-    for options, targets in apps:
-
-        async def deploy(
-            controller: Controller, o: RunOptions = options, t: list[DeploymentTarget] = targets
-        ) -> None:
-            await controller.deploy_app(o.name, o.route_prefix, t)
-
-        instance.call(deploy, _CONTROLLER_CALL_TIMEOUT_S)
+    instance.deploy_prepared(apps, _CONTROLLER_CALL_TIMEOUT_S)
     for options, _ in apps:
         _wait_until_settled(instance, options.name)
-
-
-def prepare_config(config: ServeConfig) -> list[tuple[RunOptions, list[DeploymentTarget]]]:
-    """Import and validate every application of a config; ConfigError on the first bad one."""
-    prepared = []
-    for app_config in config.applications:
-        app = load_application(
-            app_config.import_path, app_config.args, app_config.runtime_env.working_dir
-        )
-        targets = _targets(app, app_config.name, app_config.deployments, app_config.runtime_env)
-        prepared.append(
-            (RunOptions(name=app_config.name, route_prefix=app_config.route_prefix), targets)
-        )
-    return prepared
 
 
 def run_config(config: ServeConfig, blocking: bool = False) -> None:
@@ -313,8 +203,11 @@ def run_config(config: ServeConfig, blocking: bool = False) -> None:
 
 
 def _wait_until_settled(instance: SwellInstance, app_name: str) -> None:
-    """Block until the app is RUNNING; raise as soon as it is DEPLOY_FAILED."""
+    """Block until the app is RUNNING; raise as soon as it is DEPLOY_FAILED (or, under
+    ``swell run``, KeyboardInterrupt as soon as Ctrl-C is pressed)."""
     while True:
+        if _signals.stop_requested.is_set():
+            raise KeyboardInterrupt
         app = instance.status()["applications"].get(app_name)
         if app is None:
             raise DeploymentFailedError(f"Application '{app_name}' was deleted while deploying.")
@@ -328,18 +221,16 @@ def _wait_until_settled(instance: SwellInstance, app_name: str) -> None:
 
 
 def _serve_until_signalled() -> None:
-    stop = threading.Event()
-    previous = {
-        signum: signal.signal(signum, lambda *_: stop.set())
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
+    """Serve until SIGINT or SIGTERM (or until the instance stops by itself, after
+    ``POST /api/swell/shutdown``), then shut down in order."""
+    owned = not _signals.installed()
+    _signals.install()
     try:
-        # Also ends when the instance stops by itself (POST /api/swell/shutdown).
-        while not stop.wait(0.5) and _instance is not None and _instance.running:
+        while not _signals.stop_requested.wait(0.5) and _instance is not None and _instance.running:
             pass
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        if owned:
+            _signals.restore()
         shutdown()
 
 
@@ -372,36 +263,9 @@ def status(address: str | None = None) -> ServeStatus:
     """Applications, deployments, replicas and the ingress: from this process or an admin API."""
     if _instance is not None and address is None:
         return ServeStatus.from_dict(_instance.status())
-    return ServeStatus.from_dict(fetch_status(address or "http://127.0.0.1:8265"))
+    return ServeStatus.from_dict(fetch_status(address or _default_admin_address()))
 
 
-def admin_request(
-    address: str,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: Any = None,
-    timeout_s: float = 30.0,
-) -> dict[str, Any]:
-    """One call to a running controller's admin API; its 4xx errors become ConfigError."""
-    url = address.rstrip("/") + path
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as error:
-        raise ControllerUnavailableError(
-            f"No swell controller answered at {address} ({error}). Start one with "
-            "`swell start` or `swell run`, or pass --address."
-        ) from None
-    if response.status_code == 401:
-        raise ConfigError(f"The admin API at {address} requires a token: pass --token.")
-    if 400 <= response.status_code < 500:
-        raise ConfigError(response.json().get("error", response.text))
-    response.raise_for_status()
-    result: dict[str, Any] = response.json()
-    return result
-
-
-def fetch_status(address: str, token: str | None = None) -> dict[str, Any]:
-    """Read a running controller's status over its admin API."""
-    return admin_request(address, "GET", "/api/serve/applications/", token)
+def _default_admin_address() -> str:
+    defaults = ControllerOptions()
+    return f"http://{defaults.admin_host}:{defaults.admin_port}"

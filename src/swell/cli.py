@@ -11,15 +11,16 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from swell import api
+from swell import _signals, api
+from swell._admin_client import resolve_token
 from swell._import_path import load_application
+from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
 from swell.config import ControllerOptions, HTTPOptions, RunOptions
 from swell.config_file import build_config, load_config_file
@@ -33,17 +34,29 @@ _START_DEADLINE_S = 60.0
 _POLL_S = 0.25
 
 
+def _admin_token_from(args: argparse.Namespace) -> str | None:
+    """A token the user chose, read from a file (a token in argv would be visible to every
+    user on the machine through /proc)."""
+    if args.admin_token_file is None:
+        return None
+    token = read_token(Path(args.admin_token_file).expanduser())
+    if token is None:
+        raise SwellError(f"--admin-token-file {args.admin_token_file} is missing or empty")
+    return token
+
+
 def _start_in_process(args: argparse.Namespace, http_options: Any) -> None:
     api.start(
         http_options=http_options,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
-        admin_token=args.admin_token,
+        admin_token=_admin_token_from(args),
         state_dir=args.state_dir,
     )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    _signals.install()  # before anything starts: a Ctrl-C at any moment stops swell in order
     if args.import_path.endswith((".yaml", ".yml")):
         config = load_config_file(args.import_path)
         _start_in_process(args, config.http_options)
@@ -76,21 +89,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_serve_detached(args: argparse.Namespace) -> int:
     """The process ``swell start`` leaves running: an instance with no app until a deploy."""
+    _signals.install()
     _start_in_process(args, {"host": args.host, "port": args.port})
     print("swell: ready", flush=True)
     api._serve_until_signalled()
     return 0
 
 
+def _default_log_path(args: argparse.Namespace) -> Path:
+    """Under the state dir, else in the user's private runtime directory: never a predictable
+    shared path another user could plant a symlink at."""
+    if args.state_dir:
+        return private_dir(args.state_dir, "--state-dir") / "swell.log"
+    return runtime_dir() / f"swell-{args.admin_port}.log"
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
     address = f"http://{args.admin_host}:{args.admin_port}"
+    chosen_token = _admin_token_from(args)
     try:
-        api.fetch_status(address, args.admin_token)
+        api.fetch_status(address, chosen_token)
     except ControllerUnavailableError:
         pass
+    except SwellError:
+        raise SwellError(
+            f"something already answers at {address}; stop it or pick --admin-port"
+        ) from None
     else:
         raise SwellError(f"swell is already running at {address}; `swell shutdown` stops it.")
-    log_path = Path(args.log_file or Path(tempfile.gettempdir()) / f"swell-{args.admin_port}.log")
+    log_path = Path(args.log_file) if args.log_file else _default_log_path(args)
     command = [
         sys.executable,
         "-m",
@@ -105,27 +132,30 @@ def _cmd_start(args: argparse.Namespace) -> int:
         "--admin-port",
         str(args.admin_port),
     ]
-    if args.admin_token:
-        command += ["--admin-token", args.admin_token]
+    if args.admin_token_file:
+        command += ["--admin-token-file", str(Path(args.admin_token_file).expanduser().resolve())]
     if args.state_dir:
         command += ["--state-dir", str(Path(args.state_dir).resolve())]
-    with log_path.open("ab") as log:
+    log_fd = open_private_log(log_path)
+    try:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=log_fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the shell that started it
             cwd=os.getcwd(),
         )
+    finally:
+        os.close(log_fd)
     deadline = time.monotonic() + _START_DEADLINE_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             raise SwellError("swell failed to start:\n" + "\n".join(tail))
         try:
-            api.fetch_status(address, args.admin_token)
-        except ControllerUnavailableError:
+            api.fetch_status(address, chosen_token)
+        except (ControllerUnavailableError, SwellError):
             time.sleep(_POLL_S)
             continue
         print(
@@ -140,13 +170,16 @@ def _cmd_start(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     config = load_config_file(args.config)  # fail fast, before the controller is asked
     document = yaml.safe_load(Path(args.config).read_text())
-    api.admin_request(args.address, "PUT", "/api/serve/applications/", args.token, document)
+    token = resolve_token(args.address, args.token_file)
+    api.admin_request(args.address, "PUT", "/api/serve/applications/", token, document)
     names = [app.name for app in config.applications]
     print(f"swell: deploying {', '.join(names) or 'no applications'}")
     deadline = time.monotonic() + args.timeout
     shown: dict[str, str] = {}
     while True:
-        status = api.fetch_status(args.address, args.token)["applications"]
+        status = api.fetch_status(args.address, resolve_token(args.address, args.token_file))[
+            "applications"
+        ]
         for name in names:
             state = status.get(name, {}).get("status", "DEPLOYING")
             if shown.get(name) != state:
@@ -167,7 +200,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    config = api.fetch_status(args.address, args.token).get("deployed_config")
+    config = api.fetch_status(args.address, resolve_token(args.address, args.token_file)).get(
+        "deployed_config"
+    )
     if config is None:
         print("# no config has been deployed to this instance (apps came from swell run)")
         return 0
@@ -176,9 +211,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_shutdown(args: argparse.Namespace) -> int:
-    pid = api.fetch_status(args.address, args.token)["controller_info"]["pid"]
-    api.admin_request(args.address, "DELETE", "/api/serve/applications/", args.token, timeout_s=300)
-    api.admin_request(args.address, "POST", "/api/swell/shutdown", args.token)
+    pid = api.fetch_status(args.address, resolve_token(args.address, args.token_file))[
+        "controller_info"
+    ]["pid"]
+    token = resolve_token(args.address, args.token_file)
+    api.admin_request(args.address, "DELETE", "/api/serve/applications/", token, timeout_s=300)
+    api.admin_request(args.address, "POST", "/api/swell/shutdown", token)
     deadline = time.monotonic() + _START_DEADLINE_S
     while time.monotonic() < deadline:
         if not pid_alive(pid):
@@ -224,7 +262,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    status = api.fetch_status(args.address, args.token)
+    status = api.fetch_status(args.address, resolve_token(args.address, args.token_file))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -247,7 +285,9 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
         help="admin API port (%(default)s)",
     )
     parser.add_argument(
-        "--admin-token", help="require this bearer token on the admin API (needed off loopback)"
+        "--admin-token-file",
+        help="a file holding the admin API's bearer token (default: a random token, written "
+        "mode 0600 where the CLI finds it)",
     )
     parser.add_argument(
         "--state-dir",
@@ -260,7 +300,11 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=_DEFAULT_ADDRESS, help="admin API address (%(default)s)"
     )
-    parser.add_argument("--token", help="the admin API's bearer token, if it has one")
+    parser.add_argument(
+        "--token-file",
+        help="a file holding the admin API's token (default: the one a local instance on "
+        "that port left for this user)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     shutdown = commands.add_parser("shutdown", help="remove every app and stop the instance")
     _add_client_options(shutdown)
+    shutdown.add_argument(
+        "-y", "--yes", action="store_true", help="accepted for Ray's CLI; swell never asks"
+    )
     shutdown.set_defaults(handler=_cmd_shutdown)
 
     build = commands.add_parser("build", help="write a config file for applications")

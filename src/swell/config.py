@@ -75,6 +75,12 @@ class DeploymentConfig(_Strict):
     health_check_timeout_s: float = Field(default=30.0, gt=0)
     graceful_shutdown_wait_loop_s: float = Field(default=2.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    startup_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="swell only. Seconds a replica may take to construct, reconfigure and pass "
+        "its first health check; one that takes longer is killed and retried with backoff.",
+    )
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     autoscaling_config: AutoscalingConfig | None = None
 
@@ -158,18 +164,10 @@ class ControllerOptions(_Strict):
     )
     admin_token: str | None = Field(
         default=None,
-        description="Required (as 'Authorization: Bearer <token>') when admin_host is not a "
-        "loopback address.",
+        description="The admin API's bearer token. Always required (on loopback too); when "
+        "unset, swell makes a random one at start and leaves it, mode 0600, where the CLI "
+        "finds it (the state dir and the user's runtime directory).",
     )
-
-    @model_validator(mode="after")
-    def _token_beyond_loopback(self) -> ControllerOptions:
-        if self.admin_host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
-            raise ValueError(
-                f"the admin API on {self.admin_host} would be reachable from other machines: "
-                "set admin_token (--admin-token), or bind it to 127.0.0.1"
-            )
-        return self
 
 
 def _route_prefix_ok(value: str) -> str:

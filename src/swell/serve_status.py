@@ -13,6 +13,7 @@ class ReplicaStatus:
     pid: int | None
     address: str | None
     data_address: str | None = None
+    control_address: str | None = None
 
 
 @dataclass(frozen=True)

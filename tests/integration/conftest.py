@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 import swell
+from swell import api
 from swell._ingress.haproxy_manager import find_haproxy_binary
+from swell._protocol import CLUSTER_TOKEN_HEADER, CONTROL_STATS_PATH
 
 
 def free_port() -> int:
@@ -59,6 +61,21 @@ def wait_until(condition: object, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def replica_stats(control_address: str) -> dict[str, int]:
+    """A replica's in-flight counts, from its control port (with this instance's cluster
+    token, which the control endpoints require)."""
+    instance = api._instance
+    assert instance is not None and instance.controller is not None
+    response = httpx.get(
+        f"http://{control_address}{CONTROL_STATS_PATH}",
+        headers={CLUSTER_TOKEN_HEADER: instance.controller.cluster_token},
+        timeout=10,
+    )
+    response.raise_for_status()
+    stats: dict[str, int] = response.json()
+    return stats
 
 
 def started_pids() -> list[int]:

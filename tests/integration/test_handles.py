@@ -14,7 +14,7 @@ import pytest
 import swell
 from swell.handle import DeploymentHandle
 from tests.integration import apps
-from tests.integration.conftest import Swell, wait_until
+from tests.integration.conftest import Swell, replica_stats, wait_until
 
 
 def model_replicas(app: str = "default") -> list[swell.serve_status.ReplicaStatus]:
@@ -130,18 +130,18 @@ def test_max_queued_requests_answers_503(serve: Swell, tmp_path: Path) -> None:
 
 
 def _gated_load() -> int:
-    import httpx
 
     replica = swell.status().applications["default"].deployments["Gated"].replicas[0]
-    return int(httpx.get(f"http://{replica.address}/-/swell/stats").json()["load"])
+    assert replica.control_address is not None
+    return replica_stats(replica.control_address)["load"]
 
 
 def _queued_in_caller() -> int:
-    import httpx
 
     replica = swell.status().applications["default"].deployments["GateCaller"].replicas[0]
     # The caller's ingress replica has two requests in flight: one running, one queued.
-    return int(httpx.get(f"http://{replica.address}/-/swell/stats").json()["ongoing"]) - 1
+    assert replica.control_address is not None
+    return replica_stats(replica.control_address)["ongoing"] - 1
 
 
 def test_calls_without_the_cluster_token_are_refused(serve: Swell) -> None:

@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     children_of,
     haproxy_binaries,
     pid_alive,
+    replica_stats,
     started_pids,
     wait_until,
 )
@@ -35,8 +36,8 @@ def test_both_replicas_answer_behind_each_haproxy(serve: Swell) -> None:
     assert len(seen) == 2
     assert serve.client.get("/-/healthz").text == "ok"
     assert serve.client.get("/-/routes").json() == {"/": "default"}
-    # The replicas' control paths are not reachable from outside.
-    assert serve.client.get("/-/swell/health").status_code == 404
+    # The replicas' control paths are not on the user port: the user's code answers them.
+    assert serve.client.get("/-/swell/stats").json()["message"] == "Hello?"
 
 
 def test_two_apps_on_two_prefixes(serve: Swell) -> None:
@@ -97,7 +98,7 @@ def test_sync_methods_run_off_the_event_loop(serve: Swell) -> None:
 def _ongoing(serve: Swell) -> int:
     status = swell.status().raw
     replica = status["applications"]["default"]["deployments"]["SyncBlocking"]["replicas"][0]
-    return int(httpx.get(f"http://{replica['address']}/-/swell/stats").json()["ongoing"])
+    return replica_stats(replica["control_address"])["ongoing"]
 
 
 def test_return_types_user_config_and_health_checks(serve: Swell) -> None:
@@ -109,9 +110,10 @@ def test_return_types_user_config_and_health_checks(serve: Swell) -> None:
     teapot = serve.client.get("/", params={"kind": "response"})
     assert (teapot.status_code, teapot.text) == (418, "teapot")
     assert serve.client.get("/", params={"kind": "list"}).json() == [1, 2, 3]
-    failed = serve.client.get("/", params={"kind": "error"})
+    failed = serve.client.get("/", params={"kind": "error"}, headers={"x-request-id": "req-42"})
     assert failed.status_code == 500
-    assert "bad input value" in failed.text
+    # The client learns the request id, never the exception's text (it is logged instead).
+    assert failed.text == "Internal Server Error (request id req-42)"
     # The replica keeps serving after a request that failed.
     assert serve.client.get("/").status_code == 200
     # check_health() ran once before the replica was added.
@@ -200,7 +202,7 @@ def test_full_queue_answers_503(tmp_path: Path) -> None:
 def _ongoing_of(deployment: str) -> int:
     status = swell.status().raw
     replica = status["applications"]["default"]["deployments"][deployment]["replicas"][0]
-    return int(httpx.get(f"http://{replica['address']}/-/swell/stats").json()["ongoing"])
+    return replica_stats(replica["control_address"])["ongoing"]
 
 
 def test_shutdown_leaves_no_process_behind() -> None:

@@ -6,6 +6,7 @@ from swell._controller.deployment_state import (
     BACKOFF_BASE_S,
     BACKOFF_MAX_S,
     FAILED_AFTER_ATTEMPTS,
+    STABLE_AFTER_S,
     UNHEALTHY_AFTER_FAILED_CHECKS,
     DeploymentState,
     DeploymentStatus,
@@ -165,7 +166,7 @@ def test_failures_with_a_replica_running_are_not_deploy_failed() -> None:
 def test_died_replica_is_replaced_at_once() -> None:
     state = make_state(target=2)
     start_running(state, ["a", "b"], 0.0)
-    state.on_died("a", "exited with code -9")
+    state.on_died("a", "exited with code -9", 0.4)
     assert "a" not in state.replicas
     assert state.plan(0.5) == Plan(start=1)
     assert state.status() == (DeploymentStatus.UNHEALTHY, "exited with code -9")
@@ -174,9 +175,43 @@ def test_died_replica_is_replaced_at_once() -> None:
 def test_died_unknown_replica_is_ignored() -> None:
     state = make_state()
     start_running(state, ["a"], 0.0)
-    state.on_died("ghost", "whatever")
+    state.on_died("ghost", "whatever", 1.0)
     assert state.last_error is None
     assert state.status() == (DeploymentStatus.HEALTHY, "")
+
+
+def test_replica_that_keeps_crashing_after_ready_is_restarted_with_backoff() -> None:
+    state = make_state(target=1)
+    start_running(state, ["a"], 0.0)
+    # The first death is replaced at once; each replacement that dies young waits longer.
+    state.on_died("a", "exited with code 1", 1.0)
+    assert state.plan(1.0) == Plan(start=1)
+    now, waits = 1.0, []
+    for attempt in range(5):
+        replica = f"r{attempt}"
+        state.on_started(replica, now)
+        state.on_ready(replica, "127.0.0.1:9000", 10, now + 0.5)
+        now += 1.0
+        state.on_died(replica, "exited with code 1", now)
+        assert state.plan(now) == Plan()  # not at once
+        waits.append(state.retry_at - now)
+        now = state.retry_at
+        assert state.plan(now) == Plan(start=1)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def test_a_death_after_a_stable_run_is_replaced_at_once() -> None:
+    state = make_state(target=1)
+    start_running(state, ["a"], 0.0)
+    state.on_died("a", "exited", 1.0)
+    state.on_started("b", 1.0)
+    state.on_ready("b", "127.0.0.1:9000", 10, 2.0)
+    state.on_died("b", "exited", 3.0)  # young: backoff
+    assert state.plan(3.0) == Plan()
+    state.on_started("c", 4.0)
+    state.on_ready("c", "127.0.0.1:9000", 11, 4.5)
+    state.on_died("c", "exited", 4.5 + STABLE_AFTER_S)  # it had stayed up: at once
+    assert state.plan(4.5 + STABLE_AFTER_S) == Plan(start=1)
 
 
 # Scaling down ------------------------------------------------------------------------------

@@ -3,17 +3,25 @@
 - ``GET /api/serve/applications/``: status and config of every app (what ``swell status``
   prints).
 - ``PUT /api/serve/applications/``: the whole config, declaratively: apps it lacks are removed.
+  Answered once the schema is valid (400 otherwise); the deploy continues in the background
+  and its progress shows in the GET.
 - ``DELETE /api/serve/applications/``: remove every app.
 - ``POST /api/swell/shutdown``: stop this swell instance.
 - ``GET /api/swell/replica-sets/{app}/{deployment}?known_version=N``: the routers' watch; it
   answers as soon as the set differs from version N (or after ``wait_s``, at most 60).
+- ``GET /-/healthz``: liveness, the one path open to anyone.
 
-With a token configured, every request must carry ``Authorization: Bearer <token>``.
+Everything else requires the admin token (``Authorization: Bearer`` or
+``x-ray-authorization: Bearer``), on loopback too; routers' paths also take the cluster token.
+Requests whose ``Host`` is not an address the API is bound to are refused, so a web page cannot
+reach it through DNS rebinding.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -22,14 +30,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
+from swell._protocol import (
+    ADMIN_HEALTH_PATH,
+    ADMIN_TOKEN_HEADERS,
+    APPLICATIONS_PATH,
+    CLUSTER_TOKEN_HEADER,
+    DEMAND_PREFIX,
+    REPLICA_SETS_PREFIX,
+    SHUTDOWN_PATH,
+)
 from swell.exceptions import ConfigError
+
+_MAX_CONFIG_BYTES = 16 << 20
 
 
 class AdminBackend(Protocol):
     def status_document(self) -> dict[str, Any]: ...
 
-    async def apply_config(self, document: Any) -> None: ...
+    def submit_config(self, document: Any) -> None: ...
 
     async def delete_all(self) -> None: ...
 
@@ -42,38 +60,74 @@ class AdminBackend(Protocol):
     def note_demand(self, app_name: str, deployment: str) -> bool: ...
 
 
-class _RequireToken:
-    """Rejects requests without the admin token (used when bound beyond loopback)."""
+def allowed_hosts(bind_host: str, port: int) -> frozenset[str] | None:
+    """The ``Host`` values a request may carry; None (any) when bound to every interface,
+    where the token alone guards it (a cluster reaches it by names swell cannot know)."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return None
+    names = {bind_host, f"[{bind_host}]" if ":" in bind_host else bind_host}
+    if bind_host in ("127.0.0.1", "localhost", "::1"):
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    return frozenset(f"{name}:{port}" for name in names)
 
-    def __init__(self, app: ASGIApp, token: str, cluster_token: str) -> None:
+
+class _Guard:
+    """Authentication and the Host check in front of every route but the health check."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        cluster_token: str,
+        hosts: Collection[str] | None,
+    ) -> None:
         self._app = app
         self._expected = f"Bearer {token}".encode()
         self._cluster_token = cluster_token.encode()
+        self._hosts = {host.encode() for host in hosts} if hosts is not None else None
 
-    def _allowed(self, scope: Scope) -> bool:
-        headers = dict(scope.get("headers", []))
-        if hmac.compare_digest(headers.get(b"authorization", b""), self._expected):
-            return True
+    def _problem(self, scope: Scope) -> tuple[int, str] | None:
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope.get("headers", ()):
+            headers.setdefault(name, value)
+        if self._hosts is not None and headers.get(b"host", b"") not in self._hosts:
+            return 403, (
+                f"Host {headers.get(b'host', b'').decode(errors='replace')!r} is not this "
+                "admin API's address; connect to the address it is bound to"
+            )
+        path = scope["path"]
+        if path == ADMIN_HEALTH_PATH:
+            return None
+        for name in ADMIN_TOKEN_HEADERS:
+            if hmac.compare_digest(headers.get(name.encode(), b""), self._expected):
+                return None
         # Routers in replicas prove membership with the cluster token for their watch.
-        return scope["path"].startswith(ROUTER_PREFIXES) and hmac.compare_digest(
+        if path.startswith((REPLICA_SETS_PREFIX, DEMAND_PREFIX)) and hmac.compare_digest(
             headers.get(CLUSTER_TOKEN_HEADER.encode(), b""), self._cluster_token
+        ):
+            return None
+        return 401, (
+            "this admin API requires its token as 'Authorization: Bearer <token>' (the swell "
+            "CLI reads it from the file swell start wrote; see --token-file)"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(scope):
-            response = JSONResponse(
-                {"error": "this admin API requires 'Authorization: Bearer <token>'"}, 401
-            )
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                status, message = problem
+                headers = {"www-authenticate": "Bearer"} if status == 401 else None
+                response = JSONResponse({"error": message}, status, headers=headers)
+                await response(scope, receive, send)
+                return
         await self._app(scope, receive, send)
 
 
-ROUTER_PREFIXES = (REPLICA_SETS_PREFIX, DEMAND_PREFIX)
-
-
 def build_admin_app(
-    backend: AdminBackend, token: str | None = None, cluster_token: str = ""
+    backend: AdminBackend,
+    token: str,
+    cluster_token: str,
+    hosts: Collection[str] | None = None,
 ) -> ASGIApp:
     async def applications(request: Request) -> Response:
         if request.method == "GET":
@@ -81,12 +135,15 @@ def build_admin_app(
         if request.method == "DELETE":
             await backend.delete_all()
             return JSONResponse({"deleted": True})
+        body = await request.body()
+        if len(body) > _MAX_CONFIG_BYTES:
+            return JSONResponse({"error": f"a config is at most {_MAX_CONFIG_BYTES} bytes"}, 413)
         try:
-            document = await request.json()
+            document = json.loads(body)
         except ValueError as error:
             return JSONResponse({"error": f"the request body is not JSON: {error}"}, 400)
         try:
-            await backend.apply_config(document)
+            backend.submit_config(document)
         except ConfigError as error:
             return JSONResponse({"error": str(error)}, 400)
         return JSONResponse({"accepted": True})
@@ -117,11 +174,11 @@ def build_admin_app(
 
     app = Starlette(
         routes=[
-            Route("/api/serve/applications/", applications, methods=["GET", "PUT", "DELETE"]),
-            Route("/api/swell/shutdown", shutdown, methods=["POST"]),
-            Route("/api/swell/replica-sets/{app}/{deployment}", replica_set, methods=["GET"]),
-            Route("/api/swell/demand/{app}/{deployment}", demand, methods=["POST"]),
-            Route("/-/healthz", healthz, methods=["GET"]),
+            Route(APPLICATIONS_PATH, applications, methods=["GET", "PUT", "DELETE"]),
+            Route(SHUTDOWN_PATH, shutdown, methods=["POST"]),
+            Route(REPLICA_SETS_PREFIX + "{app}/{deployment}", replica_set, methods=["GET"]),
+            Route(DEMAND_PREFIX + "{app}/{deployment}", demand, methods=["POST"]),
+            Route(ADMIN_HEALTH_PATH, healthz, methods=["GET"]),
         ]
     )
-    return _RequireToken(app, token, cluster_token) if token else app
+    return _Guard(app, token, cluster_token, hosts)

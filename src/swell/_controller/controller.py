@@ -1,7 +1,9 @@
 """The controller: compares what should run with what runs, and acts through two interfaces.
 
 It is never on the request path. It starts and stops replicas through the engine, and adds,
-drains and removes them in HAProxy through the ingress manager.
+drains and removes them in HAProxy through the ingress manager. Every replica it starts is
+owned by one task from launch to stop: a failure at any step stops that replica and is
+recorded (with backoff), so nothing is left STARTING, half-joined or unwatched.
 """
 
 from __future__ import annotations
@@ -10,32 +12,25 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
-
-from swell._controller.autoscaler import Autoscaler
-from swell._controller.deployment_state import DeploymentState, DeploymentStatus, ReplicaState
+from swell._controller import snapshot as snapshots
+from swell._controller.autoscaling import autoscale, metrics_due
+from swell._controller.deployment_state import ReplicaState
+from swell._controller.model import AppRuntime, DeploymentRuntime, DeploymentTarget
+from swell._controller.replica_client import ReplicaClient
+from swell._controller.status_view import app_status, applications_document
 from swell._engines.base import Engine, ReadyInfo, ReplicaRuntime, ReplicaStartupError
-from swell._protocol import (
-    BACKEND_QUEUE,
-    CLUSTER_TOKEN_HEADER,
-    CONTROL_HEALTH_PATH,
-    CONTROL_RECONFIGURE_PATH,
-    CONTROL_STATS_PATH,
-)
-from swell._spec import CallableRef, ReplicaSpec
-from swell.config import DeploymentConfig
+from swell._spec import ReplicaSpec
 from swell.exceptions import ConfigError
 
 logger = logging.getLogger("swell.controller")
 
 _TICK_S = 0.1
+_REPLICA_HAPROXY_DEADLINE_S = 30.0
 
 
 class IngressManager(Protocol):
@@ -44,87 +39,20 @@ class IngressManager(Protocol):
     async def set_route(self, app_name: str, route_prefix: str) -> None: ...
     async def remove_route(self, app_name: str) -> None: ...
     async def add_server(
-        self, app_name: str, server_name: str, address: str, maxconn: int
+        self,
+        app_name: str,
+        server_name: str,
+        address: str,
+        maxconn: int,
+        check_port: int | None = None,
     ) -> None: ...
     async def drain_server(self, app_name: str, server_name: str) -> None: ...
     async def remove_server(self, app_name: str, server_name: str) -> None: ...
     async def sessions(self, app_name: str) -> dict[str, int]: ...
 
 
-AdoptReplica = Callable[[str, int, ReadyInfo], "ReplicaRuntime | None"]
-
-
-@dataclass(frozen=True)
-class DeploymentTarget:
-    """One deployment as it should run: code, constructor arguments, options."""
-
-    name: str
-    ref: CallableRef
-    init_args: bytes
-    config: DeploymentConfig
-    is_ingress: bool
-    version: str
-    env_vars: dict[str, str] = field(default_factory=dict)
-    working_dir: str | None = None
-
-
-@dataclass
-class _Deployment:
-    target: DeploymentTarget
-    state: DeploymentState
-    runtimes: dict[str, ReplicaRuntime] = field(default_factory=dict)
-    # What routers see: replica id -> gRPC address, versioned so watchers can wait on it.
-    replica_set: dict[str, str] = field(default_factory=dict)
-    # Starts from the clock so a restarted controller never reuses a version a router knows.
-    set_version: int = field(default_factory=lambda: time.time_ns() // 1000)
-    set_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    autoscaler: Autoscaler | None = None
-    metrics_due_at: float = 0.0
-    metrics_in_flight: bool = False
-    # Requests waiting for this deployment with no replica to take them (scale from zero):
-    # the ingress's wake-up server and callers' routers report them.
-    waiting: int = 0
-    demand_until: float = 0.0
-
-    def configure_autoscaling(self) -> None:
-        policy = self.target.config.effective_autoscaling()
-        if policy is None:
-            self.autoscaler = None
-        elif self.autoscaler is None or self.autoscaler.config != policy:
-            self.autoscaler = Autoscaler(policy)
-
-    def publish(self, replica_id: str, data_address: str | None) -> None:
-        """Add (with an address) or remove (None) a replica from the routers' view."""
-        if data_address is None:
-            if self.replica_set.pop(replica_id, None) is None:
-                return
-        else:
-            self.replica_set[replica_id] = data_address
-        self.set_version += 1
-        self.set_changed.set()
-        self.set_changed = asyncio.Event()
-
-    def publish_limits(self) -> None:
-        """The queue limit changed: routers learn it through the same watch."""
-        self.set_version += 1
-        self.set_changed.set()
-        self.set_changed = asyncio.Event()
-
-    def replica_set_document(self) -> dict[str, Any]:
-        return {
-            "version": self.set_version,
-            "replicas": dict(self.replica_set),
-            "max_ongoing_requests": self.target.config.max_ongoing_requests,
-            "max_queued_requests": self.target.config.max_queued_requests,
-        }
-
-
-@dataclass
-class _App:
-    name: str
-    route_prefix: str | None
-    deployments: dict[str, _Deployment]
-    deployed_at: float
+class _NoLongerWanted(Exception):
+    """The replica was stopped (scaled down, replaced, deleted) while it was starting."""
 
 
 class Controller:
@@ -138,20 +66,22 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         cluster_token: str | None = None,
         survive_controller: bool = False,
+        max_request_body_bytes: int | None = None,
     ) -> None:
         self.controller_url = ""  # where replicas' routers watch replica sets; set at start
         self._survive_controller = survive_controller
+        self._max_request_body_bytes = max_request_body_bytes
         self.checkpoint: Callable[[], None] | None = None
         self._engine = engine
         self._ingress = ingress
         self._sys_path = sys_path
         self._clock = clock
-        self._apps: dict[str, _App] = {}
+        self._apps: dict[str, AppRuntime] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self._http = httpx.AsyncClient()
         self.cluster_token = cluster_token or secrets.token_hex(16)
+        self._replicas = ReplicaClient(self.cluster_token)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -169,10 +99,12 @@ class Controller:
         stops = []
         for app in self._apps.values():
             for deployment in app.deployments.values():
-                for replica_id, runtime in list(deployment.runtimes.items()):
-                    timeout = deployment.target.config.graceful_shutdown_timeout_s
+                for replica_id in list(deployment.state.replicas):
                     deployment.state.on_stopping(replica_id)
-                    stops.append(runtime.stop(timeout))
+                for task in deployment.starting.values():
+                    task.cancel()
+                for runtime in list(deployment.runtimes.values()):
+                    stops.append(runtime.stop(deployment.target.config.graceful_shutdown_timeout_s))
         await asyncio.gather(*stops, return_exceptions=True)
         for app in self._apps.values():
             for deployment in app.deployments.values():
@@ -182,9 +114,9 @@ class Controller:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._apps.clear()
         await self._engine.shutdown()
-        await self._http.aclose()
+        await self._replicas.aclose()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[None]:
         """Every background task has a name and an owner, and its crash is logged."""
 
         async def guarded() -> None:
@@ -198,6 +130,7 @@ class Controller:
         task = asyncio.get_running_loop().create_task(guarded(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(self) -> None:
         while True:
@@ -217,6 +150,24 @@ class Controller:
         self, name: str, route_prefix: str | None, targets: list[DeploymentTarget]
     ) -> None:
         """Set an application's desired state. Replicas start on the next tick."""
+        self._check_route_free(name, route_prefix)
+        existing = self._apps.get(name)
+        if existing is not None and existing.deleting:
+            await existing.deleted.wait()
+            existing = None
+        if existing is None:
+            deployments = {t.name: DeploymentRuntime.create(t) for t in targets}
+            app = AppRuntime(name, route_prefix, deployments, time.time())
+            if route_prefix is not None:
+                await self._ingress.set_route(name, route_prefix)  # raises before any change
+            self._apps[name] = app
+        else:
+            if existing.route_prefix != route_prefix:
+                await self._move_route(existing, route_prefix)
+            self._update_app(existing, targets)
+        self._wake.set()
+
+    def _check_route_free(self, name: str, route_prefix: str | None) -> None:
         for other in self._apps.values():
             if (
                 other.name != name
@@ -227,49 +178,47 @@ class Controller:
                     f"route_prefix {route_prefix!r} is already served by application "
                     f"'{other.name}'; choose another prefix or delete that application first."
                 )
-        existing = self._apps.get(name)
-        if existing is not None and existing.route_prefix != route_prefix:
-            # Moving an app means new HAProxy servers under a new backend: start it afresh.
-            await self.delete_app(name)
-            existing = None
-        if existing is None:
-            deployments = {t.name: self._new_deployment(t) for t in targets}
-            self._apps[name] = _App(name, route_prefix, deployments, time.time())
-            if route_prefix is not None:
-                await self._ingress.set_route(name, route_prefix)
-        else:
-            self._update_app(existing, targets)
-        self._wake.set()
 
-    @staticmethod
-    def _new_deployment(target: DeploymentTarget) -> _Deployment:
-        state = DeploymentState(
-            target.name, target.config.target_replicas(), target.config.health_check_period_s
-        )
-        state.set_version(target.version)
-        deployment = _Deployment(target, state)
-        deployment.configure_autoscaling()
-        return deployment
+    async def _move_route(self, app: AppRuntime, route_prefix: str | None) -> None:
+        """A new route prefix for a running app: a hitless route change, no replica restarts
+        (replicas learn the prefix from each request's header)."""
+        if route_prefix is None:
+            await self._ingress.remove_route(app.name)
+            app.route_prefix = None
+            return
+        had_route = app.in_haproxy
+        await self._ingress.set_route(app.name, route_prefix)
+        app.route_prefix = route_prefix
+        ingress = app.ingress()
+        if had_route or ingress is None:
+            return
+        for record in ingress.state.replicas.values():
+            runtime = ingress.runtimes.get(record.replica_id)
+            ready = getattr(runtime, "ready_info", None)
+            if record.state is ReplicaState.RUNNING and isinstance(ready, ReadyInfo):
+                await self._join_haproxy(app, ingress, record.replica_id, ready)
 
-    def _update_app(self, app: _App, targets: list[DeploymentTarget]) -> None:
+    def _update_app(self, app: AppRuntime, targets: list[DeploymentTarget]) -> None:
         """Apply a new config to a running app, each change in the cheapest safe way.
 
         Same code version: replica count, autoscaling and queue limits change in place, and a
-        new user_config reaches live replicas through reconfigure(). A new code version
-        (code, args, runtime_env, ray_actor_options, max_ongoing_requests) rolls: new replicas
-        start, join when healthy, and only then do old ones drain and stop.
+        new user_config reaches live replicas through reconfigure() (and starting ones before
+        they join). A new code version (code, args, runtime_env, ray_actor_options,
+        max_ongoing_requests) rolls: new replicas start, join when healthy, and only then do
+        old ones drain and stop.
         """
         wanted = {t.name for t in targets}
         for name in [n for n in app.deployments if n not in wanted]:
             removed = app.deployments.pop(name)
-            for replica_id in list(removed.runtimes):
+            for replica_id in self._owned_replicas(removed):
+                removed.state.on_stopping(replica_id)
                 self._spawn(
                     self._stop_replica(app, removed, replica_id), f"swell-stop-{replica_id}"
                 )
         for target in targets:
             deployment = app.deployments.get(target.name)
             if deployment is None:
-                app.deployments[target.name] = self._new_deployment(target)
+                app.deployments[target.name] = DeploymentRuntime.create(target)
                 continue
             previous = deployment.target
             deployment.target = target
@@ -278,137 +227,106 @@ class Controller:
                 deployment.state.target = target.config.target_replicas()
             deployment.state.health_check_period_s = target.config.health_check_period_s
             deployment.state.set_version(target.version)
-            if previous.version == target.version:
-                if previous.config.user_config != target.config.user_config:
-                    for replica_id, record in deployment.state.replicas.items():
-                        if record.address is not None and record.version == target.version:
-                            self._spawn(
-                                self._reconfigure(deployment, replica_id, record.address),
-                                f"swell-reconfigure-{replica_id}",
-                            )
-                if previous.config.max_queued_requests != target.config.max_queued_requests:
-                    deployment.publish_limits()
+            if previous.version != target.version:
+                continue
+            if previous.config.user_config != target.config.user_config:
+                for replica_id, record in deployment.state.replicas.items():
+                    if record.state is ReplicaState.RUNNING and record.version == target.version:
+                        self._spawn(
+                            self._reconfigure(deployment, replica_id),
+                            f"swell-reconfigure-{replica_id}",
+                        )
+            if previous.config.max_queued_requests != target.config.max_queued_requests:
+                deployment.publish_limits()
         app.deployed_at = time.time()
 
-    async def _reconfigure(self, deployment: _Deployment, replica_id: str, address: str) -> None:
+    @staticmethod
+    def _owned_replicas(deployment: DeploymentRuntime) -> list[str]:
+        return list({*deployment.runtimes, *deployment.starting, *deployment.state.replicas})
+
+    async def _reconfigure(self, deployment: DeploymentRuntime, replica_id: str) -> None:
         """Hand a live replica its new user_config; one that rejects it is replaced."""
-        try:
-            response = await self._http.post(
-                f"http://{address}{CONTROL_RECONFIGURE_PATH}",
-                content=pickle.dumps(deployment.target.config.user_config),
-                headers={CLUSTER_TOKEN_HEADER: self.cluster_token},
-                timeout=deployment.target.config.health_check_timeout_s,
-            )
-            ok, detail = response.status_code == 200, response.text
-        except httpx.HTTPError as error:
-            ok, detail = False, f"{type(error).__name__}: {error}"
+        record = deployment.state.replicas.get(replica_id)
+        if record is None or record.control_address is None:
+            return
+        config = deployment.target.config
+        ok, detail = await self._replicas.reconfigure(
+            record.control_address, config.user_config, config.health_check_timeout_s
+        )
         if not ok:
-            record = deployment.state.replicas.get(replica_id)
-            if record is not None:
-                record.replace = True
+            record.replace = True
             deployment.state.last_error = f"reconfigure() failed on {replica_id}: {detail}"
             self._wake.set()
 
     async def delete_app(self, name: str) -> None:
-        """Drain and stop every replica of the app, then drop its route."""
-        app = self._apps.pop(name, None)
+        """Drain and stop every replica of the app (starting ones too), then drop its route."""
+        app = self._apps.get(name)
         if app is None:
             return
-        stops = [
-            self._stop_replica(app, deployment, replica_id)
-            for deployment in app.deployments.values()
-            for replica_id in list(deployment.runtimes)
-        ]
-        await asyncio.gather(*stops, return_exceptions=True)
-        if app.route_prefix is not None:
-            await self._ingress.remove_route(name)
+        if app.deleting:
+            await app.deleted.wait()
+            return
+        app.deleting = True
+        try:
+            stops = []
+            for deployment in app.deployments.values():
+                for replica_id in self._owned_replicas(deployment):
+                    deployment.state.on_stopping(replica_id)
+                    stops.append(self._stop_replica(app, deployment, replica_id))
+            await asyncio.gather(*stops, return_exceptions=True)
+            if app.route_prefix is not None:
+                with contextlib.suppress(Exception):
+                    await self._ingress.remove_route(name)
+        finally:
+            if self._apps.get(name) is app:
+                del self._apps[name]
+            app.deleted.set()
+            for deployment in app.deployments.values():
+                deployment.set_changed.set()
 
     # Checkpoint and recovery --------------------------------------------------------------
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Desired state plus the running replicas: what a restarted controller adopts."""
-        apps = []
-        for app in self._apps.values():
-            deployments = []
-            for deployment in app.deployments.values():
-                replicas = [
-                    {
-                        "replica_id": r.replica_id,
-                        "version": r.version,
-                        "pid": r.pid,
-                        "address": r.address,
-                        "data_address": deployment.replica_set.get(r.replica_id),
-                    }
-                    for r in deployment.state.replicas.values()
-                    if r.state is ReplicaState.RUNNING and r.pid is not None
-                ]
-                deployments.append(
-                    {
-                        "target": deployment.target,
-                        "replicas_target": deployment.state.target,
-                        "replicas": replicas,
-                    }
-                )
-            apps.append(
-                {
-                    "name": app.name,
-                    "route_prefix": app.route_prefix,
-                    "deployed_at": app.deployed_at,
-                    "deployments": deployments,
-                }
-            )
-        return apps
+        return snapshots.take(self._apps.values())
 
-    def restore(self, apps: list[dict[str, Any]], adopt: AdoptReplica) -> list[tuple[str, str]]:
+    def restore(
+        self, saved_apps: list[dict[str, Any]], adopt: snapshots.AdoptReplica
+    ) -> list[tuple[str, str]]:
         """Rebuild state from a snapshot, adopting the replicas that are still alive.
 
-        Returns (app, replica id) of the replicas that died meanwhile, so their HAProxy
-        servers can be removed.
+        Returns (app, replica id) of the replicas that are gone, so their HAProxy servers can
+        be removed.
         """
-        now = self._clock()
-        dead = []
-        for saved in apps:
-            deployments = {}
-            for item in saved["deployments"]:
-                target: DeploymentTarget = item["target"]
-                deployment = self._new_deployment(target)
-                deployment.state.target = item["replicas_target"]
-                for replica in item["replicas"]:
-                    host, _, port = replica["address"].rpartition(":")
-                    data = replica["data_address"]
-                    ready = ReadyInfo(
-                        host,
-                        int(port),
-                        replica["pid"],
-                        int(data.rpartition(":")[2]) if data else None,
-                    )
-                    runtime = adopt(replica["replica_id"], replica["pid"], ready)
-                    if runtime is None:
-                        dead.append((saved["name"], replica["replica_id"]))
-                        continue
-                    deployment.state.on_started(replica["replica_id"], now, replica["pid"])
-                    deployment.state.replicas[replica["replica_id"]].version = replica["version"]
-                    deployment.state.on_ready(replica["replica_id"], ready.address, ready.pid, now)
-                    deployment.runtimes[replica["replica_id"]] = runtime
-                    if ready.data_address is not None:
-                        deployment.publish(replica["replica_id"], ready.data_address)
-                deployments[target.name] = deployment
-            app = _App(saved["name"], saved["route_prefix"], deployments, saved["deployed_at"])
+        apps, gone = snapshots.restore(saved_apps, adopt, self._clock())
+        for app in apps:
             self._apps[app.name] = app
-            for deployment in deployments.values():
+            for deployment in app.deployments.values():
                 for runtime in deployment.runtimes.values():
                     self._spawn(
                         self._watch_exit(app, deployment, runtime),
                         f"swell-watch-{runtime.replica_id}",
                     )
         self._wake.set()
-        return dead
+        return gone
+
+    async def rejoin_haproxy(self) -> None:
+        """Add every running ingress replica to a freshly started HAProxy (after adoption)."""
+        for app in self._apps.values():
+            ingress = app.ingress()
+            if ingress is None or not app.in_haproxy:
+                continue
+            for replica_id, runtime in ingress.runtimes.items():
+                ready = getattr(runtime, "ready_info", None)
+                if isinstance(ready, ReadyInfo):
+                    await self._join_haproxy(app, ingress, replica_id, ready)
 
     # The reconcile step -------------------------------------------------------------------
 
     def _reconcile(self) -> None:
         now = self._clock()
-        for app in self._apps.values():
+        for app in list(self._apps.values()):
+            if app.deleting:
+                continue
             for deployment in app.deployments.values():
                 plan = deployment.state.plan(now)
                 for _ in range(plan.start):
@@ -424,14 +342,18 @@ class Controller:
                     self._spawn(
                         self._check_health(deployment, replica_id), f"swell-health-{replica_id}"
                     )
-                if deployment.autoscaler is not None and self._metrics_due(deployment, now):
+                if metrics_due(deployment, now):
                     deployment.metrics_in_flight = True
                     self._spawn(
                         self._autoscale(app, deployment),
                         f"swell-autoscale-{deployment.target.name}",
                     )
 
-    def _start_replica(self, app: _App, deployment: _Deployment) -> None:
+    async def _autoscale(self, app: AppRuntime, deployment: DeploymentRuntime) -> None:
+        if await autoscale(app, deployment, self._replicas, self._ingress, self._clock):
+            self._wake.set()
+
+    def _start_replica(self, app: AppRuntime, deployment: DeploymentRuntime) -> None:
         target = deployment.target
         replica_id = f"{target.name}-{secrets.token_hex(4)}"
         spec = ReplicaSpec(
@@ -451,51 +373,125 @@ class Controller:
             survive_controller=self._survive_controller,
             env_vars=target.env_vars,
             working_dir=target.working_dir,
+            max_request_body_bytes=self._max_request_body_bytes,
         )
         deployment.state.on_started(replica_id, self._clock())
-        self._spawn(self._bring_up(app, deployment, spec), f"swell-start-{replica_id}")
-
-    async def _bring_up(self, app: _App, deployment: _Deployment, spec: ReplicaSpec) -> None:
-        replica_id = spec.replica_id
-        try:
-            runtime = await self._engine.start_replica(spec)
-        except Exception as error:
-            deployment.state.on_start_failed(replica_id, f"could not start: {error}", self._clock())
-            return
-        deployment.runtimes[replica_id] = runtime
-        record = deployment.state.replicas.get(replica_id)
-        if record is not None:
-            record.pid = runtime.pid
-        try:
-            ready = await runtime.wait_ready()
-        except ReplicaStartupError as error:
-            deployment.runtimes.pop(replica_id, None)
-            if self._still_wanted(deployment, replica_id):
-                deployment.state.on_start_failed(replica_id, error.detail, self._clock())
-                logger.error("replica %s failed to start:\n%s", replica_id, error.detail)
-            self._wake.set()
-            return
-        if not self._still_wanted(deployment, replica_id):
-            # Scaled down or deleted while it was starting: it never joins HAProxy.
-            deployment.runtimes.pop(replica_id, None)
-            await runtime.stop(deployment.target.config.graceful_shutdown_timeout_s)
-            deployment.state.on_stopped(replica_id)
-            return
-        if deployment.target.is_ingress and app.route_prefix is not None:
-            await self._ingress.add_server(
-                app.name, replica_id, ready.address, deployment.target.config.max_ongoing_requests
-            )
-        deployment.state.on_ready(replica_id, ready.address, ready.pid, self._clock())
-        deployment.publish(replica_id, ready.data_address)
-        self._spawn(self._watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
+        deployment.starting[replica_id] = self._spawn(
+            self._bring_up(app, deployment, spec), f"swell-start-{replica_id}"
+        )
 
     @staticmethod
-    def _still_wanted(deployment: _Deployment, replica_id: str) -> bool:
+    def _still_wanted(deployment: DeploymentRuntime, replica_id: str) -> bool:
         record = deployment.state.replicas.get(replica_id)
         return record is not None and record.state is ReplicaState.STARTING
 
+    async def _bring_up(
+        self, app: AppRuntime, deployment: DeploymentRuntime, spec: ReplicaSpec
+    ) -> None:
+        """Launch, wait (bounded) for ready, bring its user_config up to date, join HAProxy,
+        publish, watch. Any failure, or a stop meanwhile, undoes what was done."""
+        replica_id = spec.replica_id
+        runtime: ReplicaRuntime | None = None
+        joined = False
+        try:
+            runtime = await self._engine.start_replica(spec)
+            deployment.runtimes[replica_id] = runtime
+            record = deployment.state.replicas.get(replica_id)
+            if record is not None:
+                record.pid = runtime.pid
+            timeout = spec.config.startup_timeout_s
+            try:
+                ready = await asyncio.wait_for(runtime.wait_ready(), timeout)
+            except TimeoutError:
+                raise ReplicaStartupError(
+                    f"replica {replica_id} did not become ready within {timeout}s "
+                    "(startup_timeout_s); it was stopped"
+                ) from None
+            if not self._still_wanted(deployment, replica_id):
+                raise _NoLongerWanted
+            await self._catch_up_user_config(deployment, spec, ready)
+            if deployment.target.is_ingress and app.in_haproxy:
+                joined = True
+                await self._join_haproxy(app, deployment, replica_id, ready)
+            if not self._still_wanted(deployment, replica_id):
+                raise _NoLongerWanted
+            deployment.state.on_ready(
+                replica_id, ready.address, ready.pid, self._clock(), ready.control_address
+            )
+            deployment.publish(replica_id, ready.data_address)
+            self._spawn(self._watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
+        except asyncio.CancelledError:
+            # Stopped while starting (the stop path cancels us): undo, and end normally.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._undo_bring_up(app, deployment, replica_id, runtime, joined)
+            deployment.state.on_stopped(replica_id)
+        except _NoLongerWanted:
+            await self._undo_bring_up(app, deployment, replica_id, runtime, joined)
+            deployment.state.on_stopped(replica_id)
+        except Exception as error:
+            detail = error.detail if isinstance(error, ReplicaStartupError) else repr(error)
+            await self._undo_bring_up(app, deployment, replica_id, runtime, joined)
+            if self._still_wanted(deployment, replica_id):
+                deployment.state.on_start_failed(replica_id, detail, self._clock())
+                logger.error("replica %s failed to start:\n%s", replica_id, detail)
+            else:
+                deployment.state.on_stopped(replica_id)
+        finally:
+            deployment.starting.pop(replica_id, None)
+            self._wake.set()
+
+    async def _catch_up_user_config(
+        self, deployment: DeploymentRuntime, spec: ReplicaSpec, ready: ReadyInfo
+    ) -> None:
+        """A user_config update that arrived while this replica started reaches it now."""
+        current = deployment.target.config
+        if (
+            deployment.target.version != spec.version
+            or current.user_config == spec.config.user_config
+        ):
+            return
+        ok, detail = await self._replicas.reconfigure(
+            ready.control_address, current.user_config, current.health_check_timeout_s
+        )
+        if not ok:
+            raise ReplicaStartupError(f"reconfigure() with the new user_config failed: {detail}")
+
+    async def _join_haproxy(
+        self, app: AppRuntime, deployment: DeploymentRuntime, replica_id: str, ready: ReadyInfo
+    ) -> None:
+        await asyncio.wait_for(
+            self._ingress.add_server(
+                app.name,
+                replica_id,
+                ready.address,
+                deployment.target.config.max_ongoing_requests,
+                ready.control_port,
+            ),
+            _REPLICA_HAPROXY_DEADLINE_S,
+        )
+
+    async def _undo_bring_up(
+        self,
+        app: AppRuntime,
+        deployment: DeploymentRuntime,
+        replica_id: str,
+        runtime: ReplicaRuntime | None,
+        joined: bool,
+    ) -> None:
+        """Leave no trace of a replica that will not serve: out of HAProxy, process stopped."""
+        deployment.publish(replica_id, None)
+        if joined:
+            with contextlib.suppress(Exception):
+                await self._ingress.remove_server(app.name, replica_id)
+        if runtime is not None:
+            with contextlib.suppress(Exception):
+                await runtime.stop(deployment.target.config.graceful_shutdown_timeout_s)
+        deployment.runtimes.pop(replica_id, None)
+
     async def _watch_exit(
-        self, app: _App, deployment: _Deployment, runtime: ReplicaRuntime
+        self, app: AppRuntime, deployment: DeploymentRuntime, runtime: ReplicaRuntime
     ) -> None:
         status = await runtime.wait_exit()
         replica_id = runtime.replica_id
@@ -505,27 +501,38 @@ class Controller:
         logger.warning("replica %s exited unexpectedly with status %s", replica_id, status)
         deployment.runtimes.pop(replica_id, None)
         deployment.publish(replica_id, None)
-        deployment.state.on_died(replica_id, f"replica {replica_id} exited with status {status}")
-        if deployment.target.is_ingress and app.route_prefix is not None:
-            await self._ingress.remove_server(app.name, replica_id)
+        deployment.state.on_died(
+            replica_id, f"replica {replica_id} exited with status {status}", self._clock()
+        )
         self._wake.set()
+        if deployment.target.is_ingress and app.in_haproxy:
+            with contextlib.suppress(Exception):
+                await self._ingress.remove_server(app.name, replica_id)
 
-    async def _stop_replica(self, app: _App, deployment: _Deployment, replica_id: str) -> None:
-        """Drain in HAProxy, wait for in-flight requests (bounded), then stop the process."""
+    async def _stop_replica(
+        self, app: AppRuntime, deployment: DeploymentRuntime, replica_id: str
+    ) -> None:
+        """Drain in HAProxy, wait for in-flight requests (bounded), then stop the process.
+
+        A replica still starting has its bring-up cancelled, which stops it.
+        """
         config = deployment.target.config
         deployment.state.on_stopping(replica_id)
         deployment.publish(replica_id, None)
+        starting = deployment.starting.get(replica_id)
+        if starting is not None:
+            starting.cancel()
+            await asyncio.wait([starting])
+            return
         runtime = deployment.runtimes.get(replica_id)
-        in_ingress = deployment.target.is_ingress and app.route_prefix is not None
-        if in_ingress:
+        if deployment.target.is_ingress and app.in_haproxy:
             with contextlib.suppress(Exception):
-                await self._ingress.drain_server(app.name, replica_id)
-                deadline = self._clock() + config.graceful_shutdown_timeout_s
-                while self._clock() < deadline:
-                    sessions = await self._ingress.sessions(app.name)
-                    if sessions.get(replica_id, 0) == 0:
-                        break
-                    await asyncio.sleep(config.graceful_shutdown_wait_loop_s)
+                await self._drain_in_haproxy(
+                    app,
+                    replica_id,
+                    config.graceful_shutdown_timeout_s,
+                    config.graceful_shutdown_wait_loop_s,
+                )
             with contextlib.suppress(Exception):
                 await self._ingress.remove_server(app.name, replica_id)
         if runtime is not None:
@@ -534,80 +541,45 @@ class Controller:
         deployment.state.on_stopped(replica_id)
         self._wake.set()
 
-    @staticmethod
-    def _metrics_due(deployment: _Deployment, now: float) -> bool:
-        if deployment.metrics_in_flight:
-            return False
-        # Waiting requests with nothing running are acted on at once, not on the interval.
-        starved = deployment.state.target == 0 and deployment.waiting > 0
-        return starved or now >= deployment.metrics_due_at
+    async def _drain_in_haproxy(
+        self, app: AppRuntime, replica_id: str, timeout_s: float, poll_s: float
+    ) -> None:
+        await self._ingress.drain_server(app.name, replica_id)
+        deadline = self._clock() + timeout_s
+        while self._clock() < deadline:
+            sessions = await self._ingress.sessions(app.name)
+            if sessions.get(replica_id, 0) == 0:
+                return
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - self._clock())))
 
-    async def _autoscale(self, app: _App, deployment: _Deployment) -> None:
-        """Collect each replica's load, then let the autoscaler set the target."""
-        autoscaler = deployment.autoscaler
-        assert autoscaler is not None
-        try:
-            now = self._clock()
-            metrics = autoscaler.metrics
-            running = {
-                replica_id: record.address
-                for replica_id, record in deployment.state.replicas.items()
-                if record.state is ReplicaState.RUNNING and record.address is not None
-            }
-            loads = await asyncio.gather(
-                *(self._replica_load(address) for address in running.values())
-            )
-            for replica_id, load in zip(running, loads, strict=True):
-                if load is not None:
-                    metrics.record(replica_id, now, load)
-            for replica_id in list(metrics.replica_ids()):
-                if replica_id not in running:
-                    metrics.forget(replica_id)
-            queued = 0
-            if deployment.target.is_ingress and app.route_prefix is not None:
-                with contextlib.suppress(Exception):
-                    queued = (await self._ingress.sessions(app.name)).get(BACKEND_QUEUE, 0)
-            waiting = deployment.waiting + (1 if self._clock() < deployment.demand_until else 0)
-            target = autoscaler.decide(
-                now, deployment.state.target, metrics.total_load(now) + queued, waiting
-            )
-            if target != deployment.state.target:
-                logger.info(
-                    "autoscaling %s from %d to %d replicas",
-                    deployment.target.name,
-                    deployment.state.target,
-                    target,
-                )
-                deployment.state.target = target
-                self._wake.set()
-        finally:
-            deployment.metrics_in_flight = False
-            deployment.metrics_due_at = self._clock() + autoscaler.config.metrics_interval_s
+    async def _check_health(self, deployment: DeploymentRuntime, replica_id: str) -> None:
+        record = deployment.state.replicas.get(replica_id)
+        if record is None or record.control_address is None:
+            return
+        ok, detail = await self._replicas.check_health(
+            record.control_address, deployment.target.config.health_check_timeout_s
+        )
+        deployment.state.on_health_result(replica_id, ok, detail)
+        if not ok:
+            self._wake.set()
 
-    async def _replica_load(self, address: str) -> int | None:
-        try:
-            response = await self._http.get(f"http://{address}{CONTROL_STATS_PATH}", timeout=2.0)
-            return int(response.json()["load"])
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
+    # What the ingress's wake-up server and the routers ask ---------------------------------
 
     def app_for_path(self, path: str) -> str | None:
         """The app whose route prefix is the longest one matching ``path``."""
         best: tuple[int, str] | None = None
         for app in self._apps.values():
             prefix = app.route_prefix
-            if prefix is None:
+            if prefix is None or app.deleting:
                 continue
             matches = prefix == "/" or path == prefix or path.startswith(prefix + "/")
             if matches and (best is None or len(prefix) > best[0]):
                 best = (len(prefix), app.name)
         return None if best is None else best[1]
 
-    def _ingress_of(self, app_name: str) -> _Deployment | None:
+    def _ingress_of(self, app_name: str) -> DeploymentRuntime | None:
         app = self._apps.get(app_name)
-        if app is None:
-            return None
-        return next((d for d in app.deployments.values() if d.target.is_ingress), None)
+        return None if app is None or app.deleting else app.ingress()
 
     def note_waiting(self, app_name: str, delta: int) -> None:
         deployment = self._ingress_of(app_name)
@@ -642,22 +614,6 @@ class Controller:
         self._wake.set()
         return True
 
-    async def _check_health(self, deployment: _Deployment, replica_id: str) -> None:
-        record = deployment.state.replicas.get(replica_id)
-        if record is None or record.address is None:
-            return
-        timeout = deployment.target.config.health_check_timeout_s
-        try:
-            response = await self._http.get(
-                f"http://{record.address}{CONTROL_HEALTH_PATH}", timeout=timeout
-            )
-            ok, detail = response.status_code == 200, response.text
-        except httpx.HTTPError as error:
-            ok, detail = False, f"{type(error).__name__}: {error}"
-        deployment.state.on_health_result(replica_id, ok, detail)
-        if not ok:
-            self._wake.set()
-
     async def watch_replica_set(
         self, app_name: str, deployment_name: str, known_version: int, wait_s: float
     ) -> dict[str, Any] | None:
@@ -675,73 +631,20 @@ class Controller:
         return deployment.replica_set_document()
 
     def app_names(self) -> list[str]:
-        return list(self._apps)
+        return [name for name, app in self._apps.items() if not app.deleting]
 
     def ingress_deployment(self, app_name: str) -> str | None:
-        app = self._apps.get(app_name)
-        if app is None:
-            return None
-        return next((d.target.name for d in app.deployments.values() if d.target.is_ingress), None)
+        deployment = self._ingress_of(app_name)
+        return None if deployment is None else deployment.target.name
 
     # Observed state -----------------------------------------------------------------------
 
-    def app_statuses(self) -> dict[str, DeploymentStatus]:
-        """The worst deployment status of each application."""
-        order = [
-            DeploymentStatus.DEPLOY_FAILED,
-            DeploymentStatus.UNHEALTHY,
-            DeploymentStatus.DEPLOYING,
-            DeploymentStatus.UPDATING,
-            DeploymentStatus.HEALTHY,
-        ]
-        result = {}
-        for app in self._apps.values():
-            statuses = [d.state.status()[0] for d in app.deployments.values()]
-            result[app.name] = min(statuses, key=order.index)
-        return result
+    def app_statuses(self) -> dict[str, str]:
+        return {app.name: app_status(app) for app in self._apps.values()}
 
     def status(self) -> dict[str, Any]:
         """Applications, deployments and replicas, shaped like Ray Serve's REST API."""
-        app_status_names = {
-            DeploymentStatus.HEALTHY: "RUNNING",
-            DeploymentStatus.DEPLOYING: "DEPLOYING",
-            DeploymentStatus.UPDATING: "DEPLOYING",
-            DeploymentStatus.UNHEALTHY: "UNHEALTHY",
-            DeploymentStatus.DEPLOY_FAILED: "DEPLOY_FAILED",
+        return {
+            "controller_info": {"pid": os.getpid()},
+            "applications": applications_document(self._apps.values()),
         }
-        app_statuses = self.app_statuses()
-        applications: dict[str, Any] = {}
-        for app in self._apps.values():
-            deployments: dict[str, Any] = {}
-            messages = []
-            for name, deployment in app.deployments.items():
-                status, message = deployment.state.status()
-                if message and status is not DeploymentStatus.HEALTHY:
-                    messages.append(f"Deployment '{name}': {message}")
-                deployments[name] = {
-                    "name": name,
-                    "status": status.value,
-                    "message": message if status is not DeploymentStatus.HEALTHY else "",
-                    "target_replicas": deployment.state.target,
-                    "replica_states": deployment.state.replica_counts(),
-                    "deployment_config": deployment.target.config.model_dump(mode="json"),
-                    "replicas": [
-                        {
-                            "replica_id": r.replica_id,
-                            "state": r.state.value,
-                            "pid": r.pid,
-                            "address": r.address,
-                            "data_address": deployment.replica_set.get(r.replica_id),
-                        }
-                        for r in deployment.state.replicas.values()
-                    ],
-                }
-            applications[app.name] = {
-                "name": app.name,
-                "route_prefix": app.route_prefix,
-                "status": app_status_names[app_statuses[app.name]],
-                "message": "\n".join(messages),
-                "last_deployed_time_s": app.deployed_at,
-                "deployments": deployments,
-            }
-        return {"controller_info": {"pid": os.getpid()}, "applications": applications}

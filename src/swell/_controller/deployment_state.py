@@ -13,6 +13,9 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 30.0
 FAILED_AFTER_ATTEMPTS = 3
 UNHEALTHY_AFTER_FAILED_CHECKS = 3
+# A replica that dies within this long of becoming ready counts towards a crash loop: the
+# first such death is replaced at once, the next ones after a growing delay.
+STABLE_AFTER_S = 30.0
 
 
 class ReplicaState(StrEnum):
@@ -35,7 +38,9 @@ class ReplicaRecord:
     state: ReplicaState
     started_at: float
     address: str | None = None
+    control_address: str | None = None
     pid: int | None = None
+    ready_at: float = 0.0
     last_health_check_at: float = 0.0
     health_check_in_flight: bool = False
     failed_health_checks: int = 0
@@ -63,6 +68,8 @@ class DeploymentState:
     last_error: str | None = None
     ever_healthy: bool = False
     version: str = ""
+    # Consecutive deaths of replicas that had not stayed up for STABLE_AFTER_S.
+    crash_streak: int = 0
 
     # Events -------------------------------------------------------------------------------
 
@@ -80,13 +87,22 @@ class DeploymentState:
             self.retry_at = 0.0
             self.last_error = None
 
-    def on_ready(self, replica_id: str, address: str, pid: int, now: float) -> None:
+    def on_ready(
+        self,
+        replica_id: str,
+        address: str,
+        pid: int,
+        now: float,
+        control_address: str | None = None,
+    ) -> None:
         record = self.replicas.get(replica_id)
         if record is None or record.state is not ReplicaState.STARTING:
             return
         record.state = ReplicaState.RUNNING
         record.address = address
+        record.control_address = control_address or address
         record.pid = pid
+        record.ready_at = now
         record.last_health_check_at = now
         self.failed_attempts = 0
         self.retry_at = 0.0
@@ -98,16 +114,23 @@ class DeploymentState:
         self.replicas.pop(replica_id, None)
         self.failed_attempts += 1
         self.last_error = error
-        doublings = min(self.failed_attempts - 1, 32)  # past the cap anyway; no overflow
-        delay = min(BACKOFF_BASE_S * 2**doublings, BACKOFF_MAX_S)
-        self.retry_at = now + delay
+        self.retry_at = now + backoff_s(self.failed_attempts)
 
-    def on_died(self, replica_id: str, detail: str) -> None:
-        """A replica that was running exited on its own: replace it at once."""
-        if self.replicas.pop(replica_id, None) is not None:
-            self.last_error = detail
+    def on_died(self, replica_id: str, detail: str, now: float) -> None:
+        """A replica that was running exited on its own: replace it, with backoff if it crash
+        loops (a replacement that dies soon after starting waits longer each time)."""
+        record = self.replicas.pop(replica_id, None)
+        if record is None:
+            return
+        self.last_error = detail
+        if now - record.ready_at >= STABLE_AFTER_S:
+            self.crash_streak = 0
+        self.crash_streak += 1
+        if self.crash_streak > 1:
+            self.retry_at = max(self.retry_at, now + backoff_s(self.crash_streak - 1))
 
     def on_stopping(self, replica_id: str) -> None:
+        """Being stopped on purpose (scaled down, replaced, deleted): no longer wanted."""
         record = self.replicas.get(replica_id)
         if record is not None:
             record.state = ReplicaState.STOPPING
@@ -236,3 +259,9 @@ class DeploymentState:
         for record in self.replicas.values():
             counts[record.state.value] = counts.get(record.state.value, 0) + 1
         return counts
+
+
+def backoff_s(attempts: int) -> float:
+    """1 s, 2 s, 4 s, ... up to BACKOFF_MAX_S, after ``attempts`` failures in a row."""
+    doublings = min(max(attempts, 1) - 1, 32)  # past the cap anyway; no overflow
+    return float(min(BACKOFF_BASE_S * 2**doublings, BACKOFF_MAX_S))

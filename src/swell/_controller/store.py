@@ -1,17 +1,19 @@
 """The controller's checkpoint: desired state and running replicas, on disk.
 
-Written atomically (a temporary file renamed over the old one) whenever it changes, so a
-controller killed at any moment leaves a whole checkpoint for its successor to adopt.
+Written atomically (a fresh 0600 temporary file renamed over the old one) whenever it changes,
+so a controller killed at any moment leaves a whole checkpoint for its successor to adopt.
+It is unpickled only if it is the user's own private file in the user's private state dir.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+
+from swell._private_files import read_private, write_private
 
 CHECKPOINT_NAME = "checkpoint.pickle"
 
@@ -22,9 +24,8 @@ class Checkpoint:
         self._last: bytes | None = None
 
     def load(self) -> dict[str, Any] | None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        data = read_private(self.path)
+        if data is None:
             return None
         self._last = data
         snapshot: dict[str, Any] = cloudpickle.loads(data)
@@ -34,12 +35,7 @@ class Checkpoint:
         data = cloudpickle.dumps(snapshot)
         if data == self._last:
             return
-        temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(self.path)
+        write_private(self.path, data)
         self._last = data
 
     def clear(self) -> None:

@@ -20,10 +20,20 @@ class ReadyInfo:
     port: int
     pid: int
     data_port: int | None = None
+    # The control listener: HAProxy's readiness check and the controller's calls.
+    control_port: int | None = None
+    # With the pid, the process's identity (its start time in clock ticks since boot), so a
+    # checkpointed replica is never confused with a process that reused its pid.
+    start_time: int | None = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """Where the control endpoints answer (the user port on replicas that predate them)."""
+        return f"{self.host}:{self.control_port or self.port}"
 
     @property
     def data_address(self) -> str | None:
@@ -46,6 +56,9 @@ class ReplicaRuntime(Protocol):
 
     @property
     def pid(self) -> int | None: ...
+
+    # What it reported once ready (None until then); checkpointed for adoption.
+    ready_info: ReadyInfo | None
 
     async def wait_ready(self) -> ReadyInfo:
         """Resolve once ready; raise ReplicaStartupError with the cause if it never will be."""

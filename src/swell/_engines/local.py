@@ -1,4 +1,9 @@
-"""The local engine: every replica is a subprocess of the controller's process."""
+"""The local engine: every replica is a subprocess of the controller's process.
+
+Each replica leads its own process group, so stopping it also ends whatever it started (an
+inference engine's workers). Exits are seen through a pidfd on the process itself, not
+through its pipes, which a grandchild may still hold open.
+"""
 
 from __future__ import annotations
 
@@ -12,112 +17,22 @@ import subprocess
 import sys
 
 from swell._engines.base import ReadyInfo, ReplicaStartupError
-from swell._procs import pid_alive
+from swell._procs import kill_group, process_start_time, same_process, wait_for_exit
 from swell._spec import ReplicaSpec
 
-_EXIT_POLL_S = 0.05
-_ADOPTED_POLL_S = 0.2
+_KILL_WAIT_S = 10.0
 
 
-class LocalReplica:
-    """A replica subprocess: its events pipe, its lifeline (stdin) and its exit."""
+class _ProcessReplica:
+    """What a started and an adopted replica share: a pid, its group, and its exit."""
 
-    def __init__(self, spec: ReplicaSpec, process: subprocess.Popen[bytes], events_fd: int) -> None:
-        self._spec = spec
-        self._process = process
-        self._events = os.fdopen(events_fd, "rb", buffering=0)
-        self._ready: asyncio.Future[ReadyInfo] = asyncio.get_running_loop().create_future()
-        self._exited = asyncio.Event()
-        self._watcher = asyncio.create_task(
-            self._watch(), name=f"swell-replica-watch-{spec.replica_id}"
-        )
-
-    @property
-    def replica_id(self) -> str:
-        return self._spec.replica_id
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), self._events
-        )
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                event = json.loads(line)
-                if self._ready.done():
-                    continue
-                if event.get("event") == "ready":
-                    self._ready.set_result(
-                        ReadyInfo(
-                            self._spec.host,
-                            int(event["port"]),
-                            int(event["pid"]),
-                            event.get("data_port"),
-                        )
-                    )
-                elif event.get("event") == "failed":
-                    self._ready.set_exception(ReplicaStartupError(str(event["error"])))
-        finally:
-            transport.close()
-        # The pipe closes when the process exits; reap it without blocking the loop.
-        while self._process.poll() is None:
-            await asyncio.sleep(_EXIT_POLL_S)
-        if not self._ready.done():
-            self._ready.set_exception(
-                ReplicaStartupError(
-                    f"replica process {self._process.pid} exited with status "
-                    f"{self._process.returncode} before it was ready"
-                )
-            )
-        self._exited.set()
-
-    async def wait_ready(self) -> ReadyInfo:
-        return await asyncio.shield(self._ready)
-
-    async def wait_exit(self) -> int:
-        await self._exited.wait()
-        return int(self._process.returncode)
-
-    async def stop(self, timeout_s: float) -> None:
-        if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self._exited.wait(), timeout_s)
-        except TimeoutError:
-            self.kill()
-            await asyncio.wait_for(self._exited.wait(), 10.0)
-
-    def kill(self) -> None:
-        if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-        self._close_lifeline()
-
-    def _close_lifeline(self) -> None:
-        if self._process.stdin is not None and not self._process.stdin.closed:
-            with contextlib.suppress(OSError):
-                self._process.stdin.close()
-
-
-class AdoptedReplica:
-    """A replica a previous controller started: not our child, so watched by its pid."""
-
-    def __init__(self, replica_id: str, pid: int, ready: ReadyInfo) -> None:
+    def __init__(self, replica_id: str, pid: int) -> None:
         self._replica_id = replica_id
         self._pid = pid
-        self._ready = ready
         self._exited = asyncio.Event()
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._watch(), name=f"swell-adopted-watch-{replica_id}"
+        self.ready_info: ReadyInfo | None = None
+        self._exit_watch = asyncio.get_running_loop().create_task(
+            self._watch_exit(), name=f"swell-replica-exit-{replica_id}"
         )
 
     @property
@@ -128,40 +43,132 @@ class AdoptedReplica:
     def pid(self) -> int | None:
         return self._pid
 
-    def alive(self) -> bool:
-        return pid_alive(self._pid)
-
-    async def _watch(self) -> None:
-        while self.alive():
-            await asyncio.sleep(_ADOPTED_POLL_S)
+    async def _watch_exit(self) -> None:
+        await wait_for_exit(self._pid)
+        self._on_exit()
+        kill_group(self._pid)  # the replica is gone: so are its engine's workers
         self._exited.set()
 
+    def _on_exit(self) -> None:
+        """Reap the process (where it is our child)."""
+
+    def _signal(self, signum: int) -> None:
+        if not self._exited.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signum)
+
+    async def stop(self, timeout_s: float) -> None:
+        """SIGTERM (the replica drains), then SIGKILL to its whole group after ``timeout_s``."""
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout_s)
+        except TimeoutError:
+            self.kill()
+            await asyncio.wait_for(self._exited.wait(), _KILL_WAIT_S)
+
+    def kill(self) -> None:
+        if not self._exited.is_set():
+            kill_group(self._pid)
+
+
+class LocalReplica(_ProcessReplica):
+    """A replica subprocess: its events pipe, its lifeline (stdin) and its exit."""
+
+    def __init__(self, spec: ReplicaSpec, process: subprocess.Popen[bytes], events_fd: int) -> None:
+        self._spec = spec
+        self._process = process
+        self._events = os.fdopen(events_fd, "rb", buffering=0)
+        self._ready: asyncio.Future[ReadyInfo] = asyncio.get_running_loop().create_future()
+        super().__init__(spec.replica_id, process.pid)
+        self._events_task = asyncio.get_running_loop().create_task(
+            self._read_events(), name=f"swell-replica-events-{spec.replica_id}"
+        )
+
+    async def _read_events(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), self._events
+        )
+        try:
+            while not self._ready.done():
+                line = await reader.readline()
+                if not line:
+                    return
+                self._on_event(json.loads(line))
+        finally:
+            transport.close()
+
+    def _on_event(self, event: dict[str, object]) -> None:
+        if event.get("event") == "ready":
+            ready = ReadyInfo(
+                self._spec.host,
+                int(str(event["port"])),
+                int(str(event["pid"])),
+                _optional_int(event.get("data_port")),
+                _optional_int(event.get("control_port")),
+                process_start_time(self._pid),
+            )
+            self.ready_info = ready
+            self._ready.set_result(ready)
+        elif event.get("event") == "failed":
+            self._ready.set_exception(ReplicaStartupError(str(event["error"])))
+
+    def _on_exit(self) -> None:
+        self._process.poll()  # reap it: no zombie, and its status for wait_exit()
+        self._events_task.cancel()
+        self._close_lifeline()
+        if not self._ready.done():
+            self._ready.set_exception(
+                ReplicaStartupError(
+                    f"replica process {self._pid} exited with status "
+                    f"{self._process.returncode} before it was ready"
+                )
+            )
+
     async def wait_ready(self) -> ReadyInfo:
-        return self._ready
+        return await asyncio.shield(self._ready)
+
+    async def wait_exit(self) -> int:
+        await self._exited.wait()
+        return int(self._process.returncode if self._process.returncode is not None else -1)
+
+    def kill(self) -> None:
+        super().kill()
+        self._close_lifeline()
+
+    def _close_lifeline(self) -> None:
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+
+
+class AdoptedReplica(_ProcessReplica):
+    """A replica a previous controller started: not our child, identified by pid and start
+    time."""
+
+    def __init__(self, replica_id: str, ready: ReadyInfo) -> None:
+        super().__init__(replica_id, ready.pid)
+        self.ready_info = ready
+
+    async def wait_ready(self) -> ReadyInfo:
+        assert self.ready_info is not None
+        return self.ready_info
 
     async def wait_exit(self) -> int:
         await self._exited.wait()
         return -1  # not our child: its status is its parent's to read
 
-    async def stop(self, timeout_s: float) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self._pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self._exited.wait(), timeout_s)
-        except TimeoutError:
-            self.kill()
-            await asyncio.wait_for(self._exited.wait(), 10.0)
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self._pid, signal.SIGKILL)
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 class LocalEngine:
     """Starts replicas as ``python -m swell._replica.main`` processes in their own session."""
 
     def __init__(self) -> None:
-        self._replicas: dict[str, LocalReplica | AdoptedReplica] = {}
+        self._replicas: dict[str, _ProcessReplica] = {}
 
     async def start_replica(self, spec: ReplicaSpec) -> LocalReplica:
         read_fd, write_fd = os.pipe()
@@ -172,8 +179,8 @@ class LocalEngine:
                 pass_fds=(write_fd,),
                 env={**os.environ, **spec.env_vars},
                 cwd=spec.working_dir,
-                # Own session: a terminal's Ctrl-C reaches the controller, which stops
-                # replicas in order, instead of every process at once.
+                # Own session and process group: a terminal's Ctrl-C reaches the controller,
+                # which stops replicas in order, and a stop can end the replica's whole group.
                 start_new_session=True,
             )
         finally:
@@ -186,30 +193,33 @@ class LocalEngine:
             stdin.write(struct.pack("!Q", len(payload)) + payload)
             stdin.flush()
 
-        # A large spec can fill the pipe before the child reads it: write off the loop.
-        await asyncio.get_running_loop().run_in_executor(None, hand_over_spec)
         replica = LocalReplica(spec, process, read_fd)
-        self._replicas[spec.replica_id] = replica
-        asyncio.get_running_loop().create_task(
-            self._forget_on_exit(replica), name=f"swell-replica-reap-{spec.replica_id}"
-        )
+        self._track(replica)
+        # A large spec can fill the pipe before the child reads it: write off the loop. If it
+        # died at once, wait_ready() reports that.
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().run_in_executor(None, hand_over_spec)
         return replica
 
-    def adopt(self, replica_id: str, pid: int, ready: ReadyInfo) -> AdoptedReplica | None:
-        """Take over a replica that outlived the previous controller, if it is alive."""
-        replica = AdoptedReplica(replica_id, pid, ready)
-        if not replica.alive():
-            replica._watcher.cancel()
+    def adopt(self, replica_id: str, ready: ReadyInfo) -> AdoptedReplica | None:
+        """Take over a replica that outlived the previous controller, if it is that same process
+        (pid and start time) and alive; never signal a process that merely reused the pid."""
+        if not same_process(ready.pid, ready.start_time):
             return None
-        self._replicas[replica_id] = replica
-        asyncio.get_running_loop().create_task(
-            self._forget_on_exit(replica), name=f"swell-replica-reap-{replica_id}"
-        )
+        replica = AdoptedReplica(replica_id, ready)
+        self._track(replica)
         return replica
 
-    async def _forget_on_exit(self, replica: LocalReplica | AdoptedReplica) -> None:
-        await replica.wait_exit()
-        self._replicas.pop(replica.replica_id, None)
+    def _track(self, replica: _ProcessReplica) -> None:
+        self._replicas[replica.replica_id] = replica
+
+        async def forget() -> None:
+            await replica._exited.wait()
+            self._replicas.pop(replica.replica_id, None)
+
+        asyncio.get_running_loop().create_task(
+            forget(), name=f"swell-replica-reap-{replica.replica_id}"
+        )
 
     async def shutdown(self) -> None:
         """Kill whatever is left; the controller has already stopped replicas gracefully."""
@@ -217,4 +227,4 @@ class LocalEngine:
             replica.kill()
         for replica in list(self._replicas.values()):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(replica.wait_exit(), 10.0)
+                await asyncio.wait_for(replica._exited.wait(), _KILL_WAIT_S)

@@ -37,6 +37,8 @@ class ServerEntry:
     address: str
     maxconn: int
     draining: bool = False
+    # Where HAProxy's readiness check goes: the replica's control port.
+    check_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ def server_arguments(server: ServerEntry) -> str:
         server.address,
         f"maxconn {server.maxconn}",
         f"check inter {CHECK_INTERVAL_MS} fall 2 rise 1",
+        *([f"port {server.check_port}"] if server.check_port is not None else []),
         # Servers added at runtime get no idle-connection pool unless asked: without these,
         # every request would open (and reset) a new connection to the replica.
         "pool-max-conn -1 pool-purge-delay 5s",
@@ -114,7 +117,6 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
         "if { path /-/healthz }",
         "    http-request return status 200 content-type application/json string "
         f"{_quoted(json.dumps(routes, separators=(',', ':')))} if {{ path /-/routes }}",
-        "    http-request deny deny_status 404 if { path_beg /-/swell/ }",
     ]
     root_backend = NO_ROUTE_BACKEND
     for backend in sorted(backends, key=lambda b: len(b.route_prefix), reverse=True):

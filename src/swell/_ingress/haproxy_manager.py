@@ -278,8 +278,15 @@ class HAProxyManager:
     def _with_servers(self, app_name: str, servers: tuple[ServerEntry, ...]) -> None:
         self._backends[app_name] = replace(self._backends[app_name], servers=servers)
 
-    async def add_server(self, app_name: str, server_name: str, address: str, maxconn: int) -> None:
-        server = ServerEntry(server_name, address, maxconn)
+    async def add_server(
+        self,
+        app_name: str,
+        server_name: str,
+        address: str,
+        maxconn: int,
+        check_port: int | None = None,
+    ) -> None:
+        server = ServerEntry(server_name, address, maxconn, check_port=check_port)
         async with self._lock:
             if app_name not in self._backends:
                 return

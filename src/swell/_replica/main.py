@@ -52,7 +52,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
         target = loaded.func_or_class if isinstance(loaded, Deployment) else loaded
         ingress_app = getattr(target, "__swell_ingress_app__", None)
         is_class = isinstance(target, type)
-        user = UserCallable(target, is_class)
+        user = UserCallable(target, is_class, spec.config.max_ongoing_requests)
         args, kwargs = cloudpickle.loads(spec.init_args)
         await user.construct(args, kwargs)
         set_replica_context(
@@ -71,18 +71,18 @@ async def _serve(spec: Any, events_fd: int) -> int:
         user,
         spec.route_prefix,
         ingress_app,
-        spec.config.health_check_timeout_s,
         spec.cluster_token,
+        spec.max_request_body_bytes,
     )
     service = ReplicaService(
         user, spec.cluster_token, spec.config.max_ongoing_requests, lambda: app.ongoing
     )
     dataplane_server, data_port = await start_dataplane(service, spec.host)
     app.handle_load = service.load
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((spec.host, 0))
-    port = sock.getsockname()[1]
+    user_socket = _listen(spec.host)
+    control_socket = _listen(spec.host)
+    port = user_socket.getsockname()[1]
+    app.control_port = control_socket.getsockname()[1]
     config = uvicorn.Config(
         app,
         loop="none",
@@ -113,7 +113,9 @@ async def _serve(spec: Any, events_fd: int) -> int:
 
     if not spec.survive_controller:
         loop.add_reader(0, on_lifeline_readable)
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="swell-replica-http")
+    serving = asyncio.create_task(
+        server.serve(sockets=[user_socket, control_socket]), name="swell-replica-http"
+    )
     deadline = loop.time() + _SERVER_START_DEADLINE_S
     while not server.started:  # uvicorn offers a flag, not an event, for this
         if serving.done() or loop.time() > deadline:
@@ -124,11 +126,31 @@ async def _serve(spec: Any, events_fd: int) -> int:
     # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, begin_shutdown)
-    _emit(events_fd, {"event": "ready", "port": port, "pid": os.getpid(), "data_port": data_port})
+    _emit(
+        events_fd,
+        {
+            "event": "ready",
+            "port": port,
+            "pid": os.getpid(),
+            "data_port": data_port,
+            "control_port": app.control_port,
+        },
+    )
     await serving
     # HTTP has drained; let in-flight handle calls finish within the same grace period.
     await stop_dataplane(dataplane_server, service, spec.config.graceful_shutdown_timeout_s)
+    try:
+        await asyncio.wait_for(user.shutdown(), spec.config.graceful_shutdown_timeout_s or 1.0)
+    except Exception:
+        traceback.print_exc()
     return 0
+
+
+def _listen(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
 
 
 def main() -> None:
@@ -143,7 +165,11 @@ def main() -> None:
         code = uvloop.run(_serve(spec, events_fd))
     except ImportError:
         code = asyncio.run(_serve(spec, events_fd))
-    sys.exit(code)
+    # The user's __del__ already ran in _serve; exiting without the interpreter's teardown
+    # keeps it from running twice.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,150 +1,80 @@
-"""The replica's ASGI app: user requests, plus the control paths under ``/-/swell/``.
+"""The replica's ASGI app: user requests on the user port, control paths on the control port.
 
-HAProxy denies ``/-/swell/`` to clients, so only HAProxy's checks and the controller reach it.
+One uvicorn server listens on both sockets; a request is routed by the port it arrived on, so
+the user port never answers a control path, however the path is spelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import pickle
-import sys
-import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from swell._protocol import (
-    CLUSTER_TOKEN_HEADER,
-    CONTROL_HEALTH_PATH,
-    CONTROL_READY_PATH,
-    CONTROL_RECONFIGURE_PATH,
-    CONTROL_STATS_PATH,
-)
+from swell._protocol import REQUEST_ID_HEADER, ROUTE_PREFIX_HEADER
+from swell._replica.control import ControlEndpoints, send_plain
+from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
 from swell.exceptions import BackPressureError
 
-CONTROL_PREFIX = "/-/swell/"
 _WATCH_DISCONNECT_AFTER_S = 0.05
+_TEXT = b"text/plain; charset=utf-8"
+_ROUTE_PREFIX_KEY = ROUTE_PREFIX_HEADER.encode()
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
 
 logger = logging.getLogger("swell.replica")
 
 
-async def _send_plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def request_id_of(scope: Scope) -> str:
+    """The id HAProxy gave the request (or the client sent); a new one if there is none."""
+    for name, value in scope.get("headers", ()):
+        if name == _REQUEST_ID_KEY:
+            text: str = value.decode("latin-1")
+            return text[:128]
+    return uuid.uuid4().hex
 
 
-class _DisconnectGuard:
-    """Owns ``receive()`` for one request so a disconnect can cancel its handler.
-
-    The body is read up front and replayed to the handler; after that, the only message left
-    is the disconnect, which a watcher task (started only for slow requests) waits for.
-    """
-
-    __slots__ = (
-        "_body",
-        "_event",
-        "_handler",
-        "_receive",
-        "_replayed",
-        "_send",
-        "_watcher",
-        "disconnected",
-        "response_done",
-    )
-
-    def __init__(self, receive: Receive, send: Send) -> None:
-        self._receive = receive
-        self._send = send
-        self._body = b""
-        self._replayed = False
-        self._event: asyncio.Event | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._handler = asyncio.current_task()
-        self.disconnected = False
-        self.response_done = False
-
-    async def read_body(self) -> bool:
-        """False if the client left before its body arrived."""
-        chunks = []
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                return False
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        self._body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return True
-
-    async def receive(self) -> Message:
-        if not self._replayed:
-            self._replayed = True
-            return {"type": "http.request", "body": self._body, "more_body": False}
-        self.start_watching()
-        assert self._event is not None
-        await self._event.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.response_done = True
-        await self._send(message)
-
-    def start_watching(self) -> None:
-        if self._watcher is None:
-            self._event = asyncio.Event()
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    def stop_watching(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-
-    async def _watch(self) -> None:
-        # uvicorn also answers http.disconnect once the response is complete: only a
-        # disconnect before that means the client went away.
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        if not self.response_done and self._handler is not None:
-            self.disconnected = True
-            assert self._event is not None
-            self._event.set()
-            self._handler.cancel()
+def _root_path_of(scope: Scope, default: str) -> str:
+    """The app's route prefix as HAProxy sent it with the request (it can change live)."""
+    for name, value in scope.get("headers", ()):
+        if name == _ROUTE_PREFIX_KEY:
+            prefix = value.decode("latin-1")
+            return "" if prefix == "/" else prefix
+    return default
 
 
 class ReplicaASGI:
-    """Routes user traffic to the user's code and answers the controller's control paths."""
+    """Routes user traffic to the user's code, and control-port traffic to the control app."""
 
     def __init__(
         self,
         user: UserCallable,
         route_prefix: str | None,
         ingress_app: Any,
-        health_timeout_s: float,
-        token: str = "",
+        token: str,
+        max_body_bytes: int | None = None,
     ) -> None:
-        self._token = token
         self._user = user
-        self._root_path = "" if route_prefix in (None, "/") else route_prefix
+        self._default_root_path = "" if route_prefix in (None, "/") else route_prefix
         self._ingress_app = ingress_app
-        self._health_timeout_s = health_timeout_s
+        self._max_body_bytes = max_body_bytes
         self.ongoing = 0
         self.draining = False
-        self.handle_load: Callable[[], int] = lambda: self.ongoing
+        self.control_port: int | None = None
+        self.control = ControlEndpoints(user, self, token, lambda: self.ongoing)
+
+    @property
+    def handle_load(self) -> Callable[[], int]:
+        return self.control.handle_load
+
+    @handle_load.setter
+    def handle_load(self, load: Callable[[], int]) -> None:
+        self.control.handle_load = load
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -152,12 +82,13 @@ class ReplicaASGI:
             if self._ingress_app is not None:
                 await self._ingress_app(scope, receive, send)
             return
-        path: str = scope["path"]
-        if kind == "http" and path.startswith(CONTROL_PREFIX):
-            await self._control(path, scope, receive, send)
+        server = scope.get("server")
+        if server is not None and server[1] == self.control_port:
+            await self.control(scope, receive, send)
             return
-        if self._root_path:
-            scope["root_path"] = scope.get("root_path", "") + self._root_path
+        root_path = _root_path_of(scope, self._default_root_path)
+        if root_path:
+            scope["root_path"] = scope.get("root_path", "") + root_path
         self.ongoing += 1
         try:
             if kind == "http":
@@ -169,9 +100,7 @@ class ReplicaASGI:
 
     async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the handler, cancelling it (and its handle calls) if the client goes away."""
-        guard = _DisconnectGuard(receive, send)
-        if not await guard.read_body():
-            return
+        guard = RequestGuard(receive, send, self._max_body_bytes)
         loop = asyncio.get_running_loop()
         # Most requests finish long before a client could leave: only those still running
         # after a moment get a watcher task, so fast requests never pay for one.
@@ -185,38 +114,29 @@ class ReplicaASGI:
             if not guard.disconnected:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except RequestBodyTooLarge as error:
+            if not guard.response_started:
+                await send_plain(send, 413, str(error).encode(), _TEXT)
+        except Exception:
+            await self._internal_error(scope, guard)
         finally:
             timer.cancel()
             guard.stop_watching()
 
-    async def _reconfigure(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST from the controller only (it carries the cluster token): a new user_config."""
-        headers = dict(scope.get("headers", []))
-        if scope.get("method") != "POST" or headers.get(CLUSTER_TOKEN_HEADER.encode()) != (
-            self._token.encode()
-        ):
-            await _send_plain(send, 403, b"forbidden", b"text/plain")
-            return
-        body = await Request(scope, receive).body()
-        try:
-            await self._user.reconfigure(pickle.loads(body))
-        except Exception as error:
-            detail = f"{type(error).__name__}: {error}".encode()
-            await _send_plain(send, 500, detail, b"text/plain")
-            return
-        await _send_plain(send, 200, b"ok", b"text/plain")
+    async def _internal_error(self, scope: Scope, guard: RequestGuard) -> None:
+        """Log the detail with the request id; the client gets the id, never the internals."""
+        request_id = request_id_of(scope)
+        logger.exception("request %s failed", request_id)
+        if not guard.response_started:
+            body = f"Internal Server Error (request id {request_id})".encode()
+            await send_plain(guard.send, 500, body, _TEXT)
 
     async def _call_user(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             result = await self._user.call_http(Request(scope, receive))
             encoded = encode_plain(result)
         except BackPressureError as error:
-            await _send_plain(send, 503, str(error).encode(), b"text/plain; charset=utf-8")
-            return
-        except Exception as error:
-            traceback.print_exc(file=sys.stderr)
-            message = f"Internal Server Error: {type(error).__name__}: {error}".encode()
-            await _send_plain(send, 500, message, b"text/plain; charset=utf-8")
+            await send_plain(send, 503, str(error).encode(), _TEXT)
             return
         if encoded is None:
             await result(scope, receive, send)
@@ -230,25 +150,3 @@ class ReplicaASGI:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-    async def _control(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        if path == CONTROL_RECONFIGURE_PATH:
-            await self._reconfigure(scope, receive, send)
-        elif path == CONTROL_READY_PATH:
-            status = 503 if self.draining else 200
-            await _send_plain(send, status, b"draining" if self.draining else b"ok", b"text/plain")
-        elif path == CONTROL_HEALTH_PATH:
-            try:
-                await self._user.check_health()
-            except Exception as error:
-                detail = f"{type(error).__name__}: {error}".encode()
-                await _send_plain(send, 500, detail, b"text/plain")
-                return
-            await _send_plain(send, 200, b"ok", b"text/plain")
-        elif path == CONTROL_STATS_PATH:
-            body = json.dumps(
-                {"ongoing": self.ongoing, "load": self.handle_load(), "draining": self.draining}
-            ).encode()
-            await _send_plain(send, 200, body, b"application/json")
-        else:
-            await _send_plain(send, 404, b"unknown control path", b"text/plain")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -11,12 +12,18 @@ from typing import Any
 from starlette.requests import Request
 
 
-async def call_maybe_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def call_maybe_sync(
+    executor: concurrent.futures.Executor | None,
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
     """Await a coroutine function; run a plain one in a thread so the loop never blocks."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
     result = await asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(fn, *args, **kwargs)
+        executor, functools.partial(fn, *args, **kwargs)
     )
     if inspect.isawaitable(result):
         return await result
@@ -24,19 +31,33 @@ async def call_maybe_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 class UserCallable:
-    """Owns the user's instance (or function) and the optional lifecycle hooks."""
+    """Owns the user's instance (or function) and the optional lifecycle hooks.
 
-    def __init__(self, func_or_class: Callable[..., Any], is_class: bool) -> None:
+    Sync user code runs on two thread pools: requests, generators and the constructor on one
+    sized for ``max_ongoing_requests``, and ``check_health``/``reconfigure``/``__del__`` on a
+    thread of their own, so a health check never queues behind busy request threads (which
+    would get a loaded replica replaced as unhealthy).
+    """
+
+    def __init__(
+        self, func_or_class: Callable[..., Any], is_class: bool, max_ongoing: int = 5
+    ) -> None:
         self._func_or_class = func_or_class
         self._is_class = is_class
         self.instance: Any = None
         self._entry: Callable[..., Any] | None = None
         self._entry_is_async = False
+        self._work = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(4, max_ongoing), thread_name_prefix="swell-user"
+        )
+        self._hooks = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="swell-hooks"
+        )
 
     async def construct(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._is_class:
             # Constructors often load models: keep them off the loop.
-            self.instance = await call_maybe_sync(self._func_or_class, *args, **kwargs)
+            self.instance = await call_maybe_sync(self._work, self._func_or_class, *args, **kwargs)
             self._entry = getattr(self.instance, "__call__", None)  # noqa: B004
         else:
             self.instance = None
@@ -51,12 +72,20 @@ class UserCallable:
                 f"user_config is set but {type(self.instance).__name__} has no "
                 "reconfigure(self, user_config) method; add one or drop user_config."
             )
-        await call_maybe_sync(hook, user_config)
+        await call_maybe_sync(self._hooks, hook, user_config)
 
     async def check_health(self) -> None:
         hook = getattr(self.instance, "check_health", None)
         if hook is not None:
-            await call_maybe_sync(hook)
+            await call_maybe_sync(self._hooks, hook)
+
+    async def shutdown(self) -> None:
+        """Run the user's ``__del__`` (sync or async) once, as the replica stops, as Ray does."""
+        hook = getattr(type(self.instance), "__del__", None) if self._is_class else None
+        if hook is not None:
+            await call_maybe_sync(self._hooks, hook, self.instance)
+        self._work.shutdown(wait=False, cancel_futures=True)
+        self._hooks.shutdown(wait=False, cancel_futures=True)
 
     @property
     def has_http_entry(self) -> bool:
@@ -81,7 +110,7 @@ class UserCallable:
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A handle call: the method's result (a generator here needs stream=True)."""
-        result = await call_maybe_sync(self._method(method), *args, **kwargs)
+        result = await call_maybe_sync(self._work, self._method(method), *args, **kwargs)
         if inspect.isasyncgen(result) or inspect.isgenerator(result):
             raise TypeError(
                 f"method {method!r} returned a generator; call it with "
@@ -104,7 +133,7 @@ class UserCallable:
             loop = asyncio.get_running_loop()
             done = object()
             while True:
-                item = await loop.run_in_executor(None, next, result, done)
+                item = await loop.run_in_executor(self._work, next, result, done)
                 if item is done:
                     break
                 yield item
@@ -121,4 +150,4 @@ class UserCallable:
             )
         if self._entry_is_async:
             return await self._entry(request)
-        return await call_maybe_sync(self._entry, request)
+        return await call_maybe_sync(self._work, self._entry, request)

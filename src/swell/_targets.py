@@ -1,0 +1,129 @@
+"""From an application graph to what the controller runs: one DeploymentTarget per deployment.
+
+Also decides the code version: what changes when replicas must be replaced rather than
+updated in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+import cloudpickle
+
+from swell._controller.model import DeploymentTarget
+from swell._import_path import load_application
+from swell._spec import CallableRef, reference_to
+from swell.config import (
+    DeploymentConfig,
+    DeploymentOverride,
+    RunOptions,
+    RuntimeEnv,
+    ServeConfig,
+    validate_deployment_options,
+)
+from swell.deployment import Application, Deployment
+from swell.exceptions import ConfigError
+from swell.handle import DeploymentHandle
+
+
+def code_version(
+    dep: Deployment,
+    ref: CallableRef,
+    init_args: bytes,
+    config: DeploymentConfig,
+    env: RuntimeEnv,
+) -> str:
+    """Changes when replicas must be replaced: code, arguments, environment, resources.
+
+    Replica count, autoscaling, queue limits and user_config are left out: those are
+    applied to live replicas in place.
+    """
+    digest = hashlib.sha256()
+    digest.update(repr((ref.module, ref.attribute, ref.pickled)).encode())
+    digest.update(init_args)
+    digest.update(repr(sorted(config.ray_actor_options.items())).encode())
+    digest.update(str(config.max_ongoing_requests).encode())
+    digest.update(env.model_dump_json().encode())
+    try:
+        source = inspect.getsourcefile(dep.func_or_class)
+        if source is not None:
+            with open(source, "rb") as code:
+                digest.update(code.read())
+    except (OSError, TypeError):
+        pass  # built-in or generated code: the reference and pickle above stand for it
+    return digest.hexdigest()[:12]
+
+
+def _as_handle(value: Any, app_name: str) -> Any:
+    if isinstance(value, Application):
+        return DeploymentHandle(value.ingress_name, app_name)
+    return value
+
+
+def deployment_targets(
+    app: Application,
+    app_name: str,
+    overrides: list[DeploymentOverride] | None = None,
+    runtime_env: RuntimeEnv | None = None,
+) -> list[DeploymentTarget]:
+    """What the controller needs per deployment, with a config file's overrides applied."""
+    nodes = app.walk()
+    by_name = {o.name: o for o in overrides or []}
+    unknown = sorted(set(by_name) - {node.deployment.name for node in nodes})
+    if unknown:
+        raise ConfigError(
+            f"deployments {unknown} in the config are not in the application; it has "
+            f"{sorted(node.deployment.name for node in nodes)}."
+        )
+    env = runtime_env or RuntimeEnv()
+    targets = []
+    for node in nodes:
+        dep = node.deployment
+        config = dep.config
+        override = by_name.get(dep.name)
+        if override is not None:
+            merged = config.model_dump(exclude_unset=True)
+            merged.update(override.model_dump(exclude_unset=True, exclude={"name"}))
+            config = validate_deployment_options(merged, f"deployment '{dep.name}' in the config")
+        ref = reference_to(dep.func_or_class, dep)
+        # Bound deployments passed as arguments arrive in the replica as handles.
+        args = tuple(_as_handle(value, app_name) for value in node.args)
+        kwargs = {key: _as_handle(value, app_name) for key, value in node.kwargs.items()}
+        try:
+            init_args = cloudpickle.dumps((args, kwargs))
+        except Exception as error:
+            raise ConfigError(
+                f"The arguments bound to deployment '{dep.name}' cannot be pickled: {error}"
+            ) from error
+        digest = code_version(dep, ref, init_args, config, env)
+        targets.append(
+            DeploymentTarget(
+                name=dep.name,
+                ref=ref,
+                init_args=init_args,
+                config=config,
+                is_ingress=node is app.root,
+                version=digest,
+                env_vars=dict(env.env_vars),
+                working_dir=env.working_dir,
+            )
+        )
+    return targets
+
+
+def prepare_config(config: ServeConfig) -> list[tuple[RunOptions, list[DeploymentTarget]]]:
+    """Import and validate every application of a config; ConfigError on the first bad one."""
+    prepared = []
+    for app_config in config.applications:
+        app = load_application(
+            app_config.import_path, app_config.args, app_config.runtime_env.working_dir
+        )
+        targets = deployment_targets(
+            app, app_config.name, app_config.deployments, app_config.runtime_env
+        )
+        prepared.append(
+            (RunOptions(name=app_config.name, route_prefix=app_config.route_prefix), targets)
+        )
+    return prepared
