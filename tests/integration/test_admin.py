@@ -184,6 +184,31 @@ def test_bad_config_over_the_api_leaves_apps_untouched(service: Service, tmp_pat
     admin.close()
 
 
+def test_the_newest_config_wins_and_prints_at_import_are_harmless(
+    service: Service, tmp_path: Path
+) -> None:
+    admin = service.admin()
+    url = "/api/serve/applications/"
+    slow = {"applications": [{"name": "slow", "import_path": "tests.integration.slow_import:app"}]}
+    noisy = {
+        "applications": [{"name": "noisy", "import_path": "tests.integration.noisy_import:app"}]
+    }
+    assert admin.put(url, json=slow).status_code == 200
+    assert admin.put(url, json=noisy).status_code == 200  # arrives while the first imports
+
+    def noisy_running() -> bool:
+        return bool(service.status()["applications"].get("noisy", {}).get("status") == "RUNNING")
+
+    wait_until(noisy_running, 60, "the newer config to run")
+    # The older config never lands on top of it, not even once its slow import would be done.
+    time_to_import_slow = 4.0
+    deadline = time.monotonic() + time_to_import_slow
+    while time.monotonic() < deadline:
+        assert set(service.status()["applications"]) == {"noisy"}
+        time.sleep(0.2)
+    admin.close()
+
+
 def test_admin_token_is_enforced_on_loopback_and_handles_still_work() -> None:
     port = free_port()
     swell.start(http_options={"port": port}, admin_port=0, admin_token="s3cret")

@@ -95,6 +95,50 @@ def test_run_serves_reports_status_and_stops_cleanly(
     )
 
 
+def _own_descendants(pid: int) -> list[int]:
+    return [p for p in descendants(pid) if pid_alive(p)]
+
+
+def test_ctrl_c_the_moment_it_says_serving_stops_everything(
+    cli_run: tuple[subprocess.Popen[str], int, int],
+) -> None:
+    process, _, _ = cli_run
+    assert process.stdout is not None
+    seen: list[int] = []
+    for line in process.stdout:  # bounded: the process ends or the fixture kills it
+        seen += [p for p in descendants(process.pid) if p not in seen]
+        if "is serving at" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    assert process.wait(60) == 0
+    wait_until(lambda: not any(pid_alive(p) for p in seen), 15, "every started process to exit")
+
+
+def test_ctrl_c_while_replicas_start_stops_everything() -> None:
+    port, admin_port = free_port(), free_port()
+    process = subprocess.Popen(
+        swell_command(
+            "run", "examples.hello:app", "--port", str(port), "--admin-port", str(admin_port)
+        ),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: list[int] = []
+    try:
+        # As soon as swell has started anything (HAProxy, a replica), interrupt it.
+        wait_until(lambda: bool(descendants(process.pid)), 30, "swell to start something")
+        seen = descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    seen += descendants(process.pid)
+    wait_until(lambda: not any(pid_alive(p) for p in seen), 15, "every started process to exit")
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         swell_command(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60

@@ -67,6 +67,7 @@ class Controller:
         cluster_token: str | None = None,
         survive_controller: bool = False,
         max_request_body_bytes: int | None = None,
+        replica_client: ReplicaClient | None = None,
     ) -> None:
         self.controller_url = ""  # where replicas' routers watch replica sets; set at start
         self._survive_controller = survive_controller
@@ -80,8 +81,9 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.cluster_token = cluster_token or secrets.token_hex(16)
-        self._replicas = ReplicaClient(self.cluster_token)
+        self._replicas = replica_client or ReplicaClient(self.cluster_token)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -92,7 +94,11 @@ class Controller:
 
     async def shutdown(self) -> None:
         """Stop every replica (in-flight requests finish), then forget everything."""
+        self._stopping = True
         if self._loop_task is not None:
+            # A flag as well as cancel(): Python 3.11's wait_for() swallows a cancellation
+            # that arrives as the tick's wake-up completes, and the loop would run on.
+            self._wake.set()
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
@@ -133,7 +139,7 @@ class Controller:
         return task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self._reconcile()
                 if self.checkpoint is not None:
