@@ -20,7 +20,7 @@ from swell._replica.control import ControlEndpoints, send_plain
 from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
-from swell.exceptions import BackPressureError
+from swell.exceptions import BackPressureError, ReplicaUnavailableError
 
 _WATCH_DISCONNECT_AFTER_S = 0.05
 _TEXT = b"text/plain; charset=utf-8"
@@ -135,7 +135,9 @@ class ReplicaASGI:
         try:
             result = await self._user.call_http(Request(scope, receive))
             encoded = encode_plain(result)
-        except BackPressureError as error:
+        except (BackPressureError, ReplicaUnavailableError) as error:
+            # Overloaded, or a replica it called died mid-call: 503, which HAProxy retries on
+            # another ingress replica when the method is idempotent.
             await send_plain(send, 503, str(error).encode(), _TEXT)
             return
         if encoded is None:
