@@ -27,6 +27,8 @@ from swell.exceptions import (
     RemoteError,
     ReplicaUnavailableError,
     RequestCancelledError,
+    RequestTimeoutError,
+    SerializationError,
     SwellError,
 )
 from swell.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
@@ -51,6 +53,8 @@ __all__ = [
     "RemoteError",
     "ReplicaUnavailableError",
     "RequestCancelledError",
+    "RequestTimeoutError",
+    "SerializationError",
     "SwellError",
     "delete",
     "deployment",

@@ -12,7 +12,9 @@
     ├── BackPressureError      a caller's queue for a deployment is full (HTTP 503)
     ├── RemoteError            user code raised in another replica (type, message, traceback)
     ├── ReplicaUnavailableError   the replica that accepted a call died before answering
-    └── RequestCancelledError  the call was cancelled
+    ├── RequestCancelledError  the call was cancelled
+    ├── RequestTimeoutError    a handle call ran past its timeout_s (also TimeoutError)
+    └── SerializationError     a call's arguments or answer could not be unpickled
 """
 
 from __future__ import annotations
@@ -79,3 +81,18 @@ class ReplicaUnavailableError(SwellError):
 
 class RequestCancelledError(SwellError):
     """The call was cancelled (by ``cancel()`` or because its client went away)."""
+
+
+class RequestTimeoutError(SwellError, TimeoutError):
+    """A handle call did not finish within its ``timeout_s``; the callee's task is cancelled.
+
+    For a streaming call the limit applies to each wait for the next item.
+    """
+
+
+class SerializationError(SwellError):
+    """A call's arguments or answer could not be unpickled where they arrived.
+
+    Raised in the caller for an answer; for arguments, the caller gets a RemoteError whose
+    ``remote_type`` is ``SerializationError``. The message names the payload and the cause.
+    """

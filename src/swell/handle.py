@@ -1,19 +1,32 @@
-"""Deployment handles: call another deployment's methods, directly over gRPC.
+"""Deployment handles: call another deployment's methods, straight to one of its replicas.
 
-Inside async code a call runs on the caller's own event loop; from sync code (a driver script,
-or a sync method running in a thread) it runs on a background loop owned by swell.
+A call goes from the caller's process to the chosen replica over swell's framed protocol on
+TCP (``_dataplane/``), with no proxy in between. Inside async code a call runs on the caller's
+own event loop; from sync code (a driver script, or a sync method running in a thread) it runs
+on a background loop owned by swell.
+
+Every call has a deadline, ``handle.options(timeout_s=...)`` (``DEFAULT_TIMEOUT_S`` unless
+set): for a unary call it bounds the whole call, for a streaming call each wait for the next
+item. Past it the caller gets RequestTimeoutError and the callee's task is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import Any
 
 from swell._dataplane.router import ClusterContext, Router
+from swell.exceptions import ConfigError, RequestTimeoutError
+
+# Seconds a handle call may take (a streaming call: each wait for its next item) unless the
+# handle says otherwise: long enough for a slow model, short enough that a stuck callee does
+# not hold its caller forever.
+DEFAULT_TIMEOUT_S = 300.0
 
 _cluster: ClusterContext | None = None
 _routers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Router]] = (
@@ -108,7 +121,11 @@ class DeploymentResponse:
         return (yield from asyncio.wrap_future(self._future).__await__())
 
     def result(self, timeout_s: float | None = None) -> Any:
-        """Block until the result is there (not from inside the loop that runs the call)."""
+        """Block until the result is there (not from inside the loop that runs the call).
+
+        ``timeout_s`` bounds only this wait: past it RequestTimeoutError (a TimeoutError) is
+        raised and the call keeps running until the handle's own ``timeout_s``.
+        """
         if self._future is None:
             raise RuntimeError(
                 "result() would block the event loop this call runs on; use `await response`."
@@ -116,7 +133,12 @@ class DeploymentResponse:
         try:
             return self._future.result(timeout_s)
         except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"no result within {timeout_s}s") from None
+            if self._future.done():
+                raise  # the call's own TimeoutError (its timeout_s), not this wait's
+            raise RequestTimeoutError(
+                f"no result within result(timeout_s={timeout_s}); the call is still running "
+                "(cancel() stops it)"
+            ) from None
 
     def cancel(self) -> None:
         """Cancel the call; the callee's task gets CancelledError."""
@@ -146,7 +168,9 @@ class DeploymentResponseGenerator:
             args = tuple([await _resolve(a) for a in self._args])
             kwargs = {k: await _resolve(v) for k, v in self._kwargs.items()}
             router = _router(self._handle.app_name, self._handle.deployment_name)
-            self._stream = router.stream(self._handle.method_name, args, kwargs)
+            self._stream = router.stream(
+                self._handle.method_name, args, kwargs, self._handle.timeout_s
+            )
         return self._stream
 
     async def _next(self) -> Any:
@@ -186,8 +210,22 @@ class DeploymentResponseGenerator:
             asyncio.run_coroutine_threadsafe(closing, self._loop)
 
 
+def _check_timeout(timeout_s: Any) -> float:
+    valid = isinstance(timeout_s, int | float) and not isinstance(timeout_s, bool)
+    if not valid or not 0 < timeout_s < math.inf:
+        raise ConfigError(
+            f"timeout_s must be a positive, finite number of seconds, got {timeout_s!r}; "
+            f"e.g. handle.options(timeout_s=30) (the default is {DEFAULT_TIMEOUT_S})."
+        )
+    return float(timeout_s)
+
+
 class DeploymentHandle:
-    """Calls one deployment of one application: ``handle.method.remote(*args)``."""
+    """Calls one deployment of one application: ``handle.method.remote(*args)``.
+
+    ``timeout_s`` (default ``DEFAULT_TIMEOUT_S``, 300 s) is each call's deadline: the whole
+    call, or for ``stream=True`` each wait for the next item.
+    """
 
     def __init__(
         self,
@@ -196,29 +234,33 @@ class DeploymentHandle:
         *,
         method_name: str = "__call__",
         stream: bool = False,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.deployment_name = deployment_name
         self.app_name = app_name
         self.method_name = method_name
         self.stream = stream
+        self.timeout_s = _check_timeout(timeout_s)
 
     def options(
         self,
         *,
         method_name: str | None = None,
         stream: bool | None = None,
+        timeout_s: float | None = None,
         **unsupported: Any,
     ) -> DeploymentHandle:
         if unsupported:
             raise TypeError(
                 f"DeploymentHandle.options() got unsupported option(s) {sorted(unsupported)}; "
-                "swell supports method_name and stream."
+                "swell supports method_name, stream and timeout_s."
             )
         return DeploymentHandle(
             self.deployment_name,
             self.app_name,
             method_name=self.method_name if method_name is None else method_name,
             stream=self.stream if stream is None else stream,
+            timeout_s=self.timeout_s if timeout_s is None else timeout_s,
         )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -242,22 +284,28 @@ class DeploymentHandle:
             args = tuple([await _resolve(a) for a in args])
             kwargs = {k: await _resolve(v) for k, v in kwargs.items()}
         router = _router(self.app_name, self.deployment_name)
-        return await router.call(self.method_name, args, kwargs)
+        return await router.call(self.method_name, args, kwargs, self.timeout_s)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_handle,
-            (self.deployment_name, self.app_name, self.method_name, self.stream),
+            (self.deployment_name, self.app_name, self.method_name, self.stream, self.timeout_s),
         )
 
     def __repr__(self) -> str:
         return (
             f"DeploymentHandle(deployment={self.deployment_name!r}, app={self.app_name!r}, "
-            f"method={self.method_name!r})"
+            f"method={self.method_name!r}, timeout_s={self.timeout_s})"
         )
 
 
 def _rebuild_handle(
-    deployment_name: str, app_name: str, method_name: str, stream: bool
+    deployment_name: str,
+    app_name: str,
+    method_name: str,
+    stream: bool,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> DeploymentHandle:
-    return DeploymentHandle(deployment_name, app_name, method_name=method_name, stream=stream)
+    return DeploymentHandle(
+        deployment_name, app_name, method_name=method_name, stream=stream, timeout_s=timeout_s
+    )

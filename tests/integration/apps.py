@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 import threading
 import time
@@ -175,6 +176,13 @@ def build_greeter(args: dict[str, Any]) -> swell.Application:
 env_app = env_reader.bind()
 
 
+class Unloadable:
+    """Pickles fine; unpickling it raises ZeroDivisionError, in whichever process does it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (operator.truediv, (1, 0))
+
+
 @swell.deployment(num_replicas=2)
 class Model:
     """The model side of the composition tests."""
@@ -222,6 +230,9 @@ class Model:
     def produced_so_far(self) -> int:
         return self.produced
 
+    def unloadable(self) -> Unloadable:
+        return Unloadable()
+
 
 @swell.deployment
 class Composer:
@@ -265,6 +276,26 @@ class GateCaller:
 
 gated_app = GateCaller.bind(Gated.bind())
 single_model_app = Model.options(num_replicas=1).bind()
+
+
+@swell.deployment(
+    num_replicas=2,
+    max_ongoing_requests=100,
+    # Short: a replica that kept admitting calls while it stops would cut them off.
+    graceful_shutdown_timeout_s=1,
+    # Rare: the tests see what the replica itself does when stopped, before the controller's
+    # health check would take it out of the routers' view.
+    health_check_period_s=60,
+)
+class Steady:
+    """Answers each call after a short wait: under steady load a replica is never idle."""
+
+    async def work(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return swell.get_replica_context().replica_id
+
+
+steady_app = Steady.bind()
 
 
 @swell.deployment(num_replicas=2, graceful_shutdown_timeout_s=60, max_ongoing_requests=50)

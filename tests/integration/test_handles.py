@@ -1,9 +1,11 @@
-"""Handles: calls between replicas over direct gRPC, through real processes."""
+"""Handles: calls straight between replica processes, over swell's framed protocol on TCP."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import signal
 import socket
 import threading
@@ -14,7 +16,8 @@ import pytest
 import swell
 from swell.handle import DeploymentHandle
 from tests.integration import apps
-from tests.integration.conftest import Swell, replica_stats, wait_until
+from tests.integration.conftest import Swell, pid_alive, replica_stats, wait_until
+from tests.unit.dataplane_fixtures import bomb
 
 
 def model_replicas(app: str = "default") -> list[swell.serve_status.ReplicaStatus]:
@@ -144,22 +147,108 @@ def _queued_in_caller() -> int:
     return replica_stats(replica.control_address)["ongoing"] - 1
 
 
-def test_calls_without_the_cluster_token_are_refused(serve: Swell) -> None:
+def test_calls_without_the_cluster_token_are_refused(serve: Swell, tmp_path: Path) -> None:
     from swell._dataplane import codec
-    from swell._dataplane.wire import Kind, frame
+    from swell._dataplane.handshake import NONCE_BYTES, PROOF_BYTES
+    from swell._dataplane.wire import HEADER, Kind, frame
 
     swell.run(apps.single_model_app)
     address = model_replicas()[0].data_address
     assert address is not None and address.startswith("127.0.0.1:")
     host, _, port = address.rpartition(":")
-    call = frame(1, Kind.CALL, codec.dumps(("predict", ([1.0],), {})))
-    for hello in (b"", frame(0, Kind.HELLO, b"guess")):
+    marker = tmp_path / "unpickled"
+    call = frame(1, Kind.CALL, codec.dumps(("predict", ([1.0],), {}))) + frame(
+        2, Kind.CALL, bomb(marker)
+    )
+    # No handshake, or the old token-in-HELLO: the replica hangs up without answering.
+    for opening in (b"", frame(0, Kind.HELLO, b"guess")):
         with socket.create_connection((host, int(port)), timeout=10) as peer:
-            peer.sendall(hello + call)
-            # The replica hangs up without answering (and without unpickling the call).
-            assert peer.recv(1024) == b""
-    # With the cluster's token, the same call is answered.
+            peer.sendall(opening + call)
+            assert _read_until_closed(peer) == b""
+    # A proper HELLO gets the replica's proof; a wrong proof back gets nothing more.
+    with socket.create_connection((host, int(port)), timeout=10) as peer:
+        peer.sendall(frame(0, Kind.HELLO, os.urandom(NONCE_BYTES)))
+        answer = b""
+        while len(answer) < HEADER.size + NONCE_BYTES + PROOF_BYTES:
+            chunk = peer.recv(1024)
+            assert chunk, "the replica hung up instead of proving itself"
+            answer += chunk
+        assert HEADER.unpack_from(answer) == (0, Kind.SERVER_PROOF, NONCE_BYTES + PROOF_BYTES)
+        peer.sendall(frame(0, Kind.CLIENT_PROOF, os.urandom(PROOF_BYTES)) + call)
+        assert _read_until_closed(peer) == b""
+    assert not marker.exists()
+    # A caller of this cluster, which proves the token, is answered.
     assert swell.get_deployment_handle("Model").predict.remote([1.0]).result(timeout_s=30) == 1.0
+
+
+def _read_until_closed(peer: socket.socket) -> bytes:
+    """What the peer sends until it hangs up (a reset, when it left our bytes unread, too)."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := peer.recv(1024):
+            received += chunk
+    return received
+
+
+def test_arguments_and_answers_that_do_not_unpickle_raise(serve: Swell) -> None:
+    swell.run(apps.single_model_app)
+    model = swell.get_deployment_handle("Model", "default")
+    # The callee cannot unpickle the argument: the caller gets the error, not a hang.
+    with pytest.raises(swell.RemoteError) as caught:
+        model.echo.remote(apps.Unloadable()).result(timeout_s=30)
+    assert caught.value.remote_type == "SerializationError"
+    assert "could not unpickle the arguments" in caught.value.remote_message
+    assert "ZeroDivisionError" in caught.value.remote_message
+    # The caller cannot unpickle the answer.
+    with pytest.raises(swell.SerializationError, match="the answer of 'unloadable' from replica"):
+        model.unloadable.remote().result(timeout_s=30)
+    assert model.predict.remote([1.0, 1.0]).result(timeout_s=30) == 2.0
+
+
+def test_a_call_past_its_timeout_is_cancelled_in_the_callee(serve: Swell, tmp_path: Path) -> None:
+    swell.run(apps.single_model_app)
+    model = swell.get_deployment_handle("Model", "default").options(timeout_s=1)
+    marker = tmp_path / "hang"
+    with pytest.raises(swell.RequestTimeoutError, match="did not finish within timeout_s=1"):
+        model.hang.remote(str(marker)).result(timeout_s=30)
+    assert marker.exists()
+    wait_until(Path(f"{marker}.cancelled").exists, 30, "the callee's task to be cancelled")
+
+
+def test_a_replica_stopping_under_load_fails_no_call(serve: Swell) -> None:
+    swell.run(apps.steady_app)
+    steady = swell.get_deployment_handle("Steady", "default").work
+    replicas = swell.status().applications["default"].deployments["Steady"].replicas
+    victim = replicas[0]
+    assert victim.pid is not None
+    served_by: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def load(seed: int) -> None:
+        # Calls of random length, so the replica is never idle between them by chance.
+        durations = random.Random(seed)
+        while not stop.is_set():
+            try:
+                served_by.append(steady.remote(durations.uniform(0.05, 0.15)).result(timeout_s=30))
+            except Exception as error:
+                failures.append(error)
+
+    workers = [threading.Thread(target=load, args=(seed,)) for seed in range(16)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_until(lambda: victim.replica_id in served_by[-20:], 30, "load on the victim")
+        # A SIGTERM drains the replica: it finishes what it admitted and turns the rest away.
+        os.kill(victim.pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(victim.pid), 30, "the victim to exit")
+        after_exit = len(served_by)
+        wait_until(lambda: len(served_by) > after_exit + 50, 30, "more calls to complete")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert failures == []
 
 
 def test_callee_killed_mid_load(serve: Swell) -> None:

@@ -28,6 +28,8 @@ EXPECTED_ALL = [
     "RemoteError",
     "ReplicaUnavailableError",
     "RequestCancelledError",
+    "RequestTimeoutError",
+    "SerializationError",
     "SwellError",
     "delete",
     "deployment",
@@ -72,3 +74,6 @@ def test_exception_hierarchy() -> None:
     assert issubclass(serve.HAProxyNotFoundError, serve.HAProxyError)
     assert issubclass(serve.DeploymentFailedError, serve.SwellError)
     assert issubclass(serve.PortInUseError, serve.SwellError)
+    assert issubclass(serve.RequestTimeoutError, serve.SwellError)
+    assert issubclass(serve.RequestTimeoutError, TimeoutError)
+    assert issubclass(serve.SerializationError, serve.SwellError)

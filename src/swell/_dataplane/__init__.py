@@ -1,1 +1,1 @@
-"""The replica-to-replica data plane: gRPC calls straight from caller to callee."""
+"""The replica-to-replica data plane: swell's framed protocol over TCP, caller to callee."""

@@ -1,22 +1,32 @@
-"""The calling side of the data plane: one multiplexed connection per callee replica."""
+"""The calling side of the data plane: one multiplexed connection per callee replica.
+
+A connection is used only after the replica proved, in the handshake, that it is the replica
+the caller meant to reach in this cluster; nothing is unpickled from it before that.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import math
+import struct
+from collections.abc import AsyncIterator, Mapping
 
+from swell._dataplane.handshake import prove_client
 from swell._dataplane.wire import (
     CREDIT,
     LOAD,
+    MAX_STREAM_ID,
     STREAM_WINDOW,
     FrameWriter,
     Kind,
+    Rejection,
+    next_stream_id,
     read_frame,
-    write_frame,
 )
 
-_CONNECT_DEADLINE_S = 5.0
+CONNECT_DEADLINE_S = 5.0
+_DRAINING = bytes([Rejection.DRAINING])
 
 
 class ConnectionLost(Exception):
@@ -27,8 +37,12 @@ class ConnectionLost(Exception):
         self.accepted = accepted
 
 
+class CallExpired(Exception):
+    """The call's deadline passed while its caller waited; the callee was told to cancel."""
+
+
 class Call:
-    """One call in flight: its admission, then its result or its stream of items."""
+    """One call in flight: its admission, then its result."""
 
     def __init__(self, connection: Connection, stream_id: int) -> None:
         self._connection = connection
@@ -36,14 +50,16 @@ class Call:
         loop = asyncio.get_running_loop()
         self.accepted: asyncio.Future[int | None] = loop.create_future()
         self.result: asyncio.Future[bytes] = loop.create_future()
-        self.items: asyncio.Queue[tuple[Kind, bytes] | None] = asyncio.Queue()
         self.finished = False
+        # Set with REJECTED: the replica is shutting down, so the router avoids it for a while.
+        self.draining = False
 
     def _on_frame(self, kind: Kind, payload: bytes) -> None:
         if kind is Kind.ACCEPTED:
             if not self.accepted.done():
                 self.accepted.set_result(LOAD.unpack(payload)[0])
         elif kind is Kind.REJECTED:
+            self.draining = payload == _DRAINING
             if not self.accepted.done():
                 self.accepted.set_result(None)
             self.finished = True
@@ -51,21 +67,40 @@ class Call:
             self.finished = True
             if not self.result.done():
                 self.result.set_result(payload)
-        else:  # ITEM or END
-            if kind is Kind.END:
-                self.finished = True
-            self.items.put_nowait((kind, payload))
+        else:
+            self._on_item(kind, payload)
+
+    def _on_item(self, kind: Kind, payload: bytes) -> None:
+        """ITEM or END: only a streaming call has any."""
 
     def _on_lost(self) -> None:
-        accepted = self.accepted.done() and self.accepted.result() is not None
-        error = ConnectionLost(accepted)
-        if not self.accepted.done():
-            self.accepted.set_exception(error)
-            self.accepted.exception()  # retrieved: the router handles it through await
-        if not self.result.done():
-            self.result.set_exception(error)
-            self.result.exception()
-        self.items.put_nowait(None)
+        admission = self.accepted
+        accepted = (
+            admission.done()
+            and not admission.cancelled()
+            and admission.exception() is None
+            and admission.result() is not None
+        )
+        self._fail(ConnectionLost(accepted))
+
+    def _answered(self) -> bool:
+        return self.result.done()
+
+    def expire(self) -> None:
+        """The deadline passed: stop waiting, and have the callee cancel the call.
+
+        A no-op when what the caller waits for is already there (a result, a queued item).
+        """
+        if self._answered():
+            return
+        self._fail(CallExpired())
+        self.cancel()
+
+    def _fail(self, error: Exception) -> None:
+        for future in (self.accepted, self.result):
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: the router handles it through await
 
     def cancel(self) -> None:
         """Tell the callee to cancel the call (its task gets CancelledError)."""
@@ -73,16 +108,52 @@ class Call:
             self.finished = True
             self._connection.send(self.stream_id, Kind.CANCEL)
 
+
+class StreamCall(Call):
+    """A streaming call: its admission, then its items (a unary call has no queue to build)."""
+
+    def __init__(self, connection: Connection, stream_id: int) -> None:
+        super().__init__(connection, stream_id)
+        # Items, or the error that ends the stream (ConnectionLost, CallExpired).
+        self.items: asyncio.Queue[tuple[Kind, bytes] | Exception] = asyncio.Queue()
+
+    def _on_item(self, kind: Kind, payload: bytes) -> None:
+        if kind is Kind.END:
+            self.finished = True
+        self.items.put_nowait((kind, payload))
+
+    def _answered(self) -> bool:
+        return not self.items.empty()
+
+    def _fail(self, error: Exception) -> None:
+        super()._fail(error)
+        self.items.put_nowait(error)
+
     def grant(self, count: int) -> None:
         self._connection.send(self.stream_id, Kind.CREDIT, CREDIT.pack(count))
 
-    async def stream_items(self) -> AsyncIterator[tuple[Kind, bytes]]:
-        """ITEM payloads, then the END payload; grants credit as items are consumed."""
+    async def stream_items(
+        self, deadlines: Deadlines, timeout_s: float
+    ) -> AsyncIterator[tuple[Kind, bytes]]:
+        """ITEM payloads, then the END payload; grants credit as items are consumed.
+
+        Each wait for an item that is not there yet ends after ``timeout_s`` (CallExpired);
+        the time the consumer spends between items does not count.
+        """
         consumed = 0
+        items = self.items
+        loop = asyncio.get_running_loop()
         while True:
-            entry = await self.items.get()
-            if entry is None:
-                raise ConnectionLost(accepted=True)
+            if items.empty():
+                deadlines.set(self, loop.time() + timeout_s)
+                try:
+                    entry = await items.get()
+                finally:
+                    deadlines.discard(self)
+            else:
+                entry = items.get_nowait()
+            if isinstance(entry, Exception):
+                raise entry
             yield entry
             if entry[0] is Kind.END:
                 return
@@ -90,6 +161,77 @@ class Call:
             if consumed >= STREAM_WINDOW // 2:
                 self.grant(consumed)
                 consumed = 0
+
+
+class Deadlines:
+    """The deadlines of every call from one router, served by a single timer.
+
+    The timer is armed at the earliest deadline; a call that ends in time only leaves the
+    table, so a call costs a dict insert and delete rather than a timer of its own.
+    """
+
+    __slots__ = ("_armed_at", "_entries", "_loop", "_timer")
+    # Deadlines this close to the timer count as due, so an early wake-up does not spin.
+    _SLACK_S = 0.001
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._entries: dict[Call, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def set(self, call: Call, deadline: float) -> None:
+        """Expire ``call`` at ``deadline`` (loop time) unless discarded first."""
+        self._entries[call] = deadline
+        if deadline < self._armed_at:
+            self._arm(deadline)
+
+    def discard(self, call: Call) -> None:
+        self._entries.pop(call, None)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed_at = math.inf
+        due = self._loop.time() + self._SLACK_S
+        expired = [call for call, deadline in self._entries.items() if deadline <= due]
+        for call in expired:
+            del self._entries[call]
+            call.expire()
+        if self._entries:
+            self._arm(min(self._entries.values()))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._armed_at = math.inf
+        self._entries.clear()
+
+
+class StreamIds:
+    """Stream ids for one connection: 1 to 2**32 - 1 in turn, wrapping, skipping ids in use."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, start: int = 1) -> None:
+        if not 0 < start <= MAX_STREAM_ID:
+            raise ValueError(f"a stream id is 1 to {MAX_STREAM_ID}, not {start}")
+        self._next = start
+
+    def allocate(self, in_use: Mapping[int, object]) -> int:
+        if len(in_use) >= MAX_STREAM_ID:
+            raise RuntimeError(f"all {MAX_STREAM_ID} stream ids of a connection are in use")
+        stream_id = self._next
+        while stream_id in in_use:
+            stream_id = next_stream_id(stream_id)
+        self._next = next_stream_id(stream_id)
+        return stream_id
 
 
 class Connection:
@@ -100,17 +242,27 @@ class Connection:
         self._writer = writer
         self._frames = FrameWriter(writer)
         self._calls: dict[int, Call] = {}
-        self._next_id = 1
+        self._ids = StreamIds()
         self.closed = False
         self._task = asyncio.get_running_loop().create_task(self._read(), name="swell-dataplane")
 
     @classmethod
-    async def open(cls, address: str, token: str) -> Connection:
+    async def open(
+        cls, address: str, token: str, replica_id: str, timeout_s: float = CONNECT_DEADLINE_S
+    ) -> Connection:
+        """Connect to ``address`` and check that ``replica_id`` of this cluster answers there.
+
+        Raises HandshakeError (a ConnectionError) when the peer cannot prove it, OSError when
+        nothing listens, TimeoutError past ``timeout_s``.
+        """
         host, _, port = address.rpartition(":")
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port), limit=1 << 20), _CONNECT_DEADLINE_S
-        )
-        write_frame(writer, 0, Kind.HELLO, token.encode())
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+            try:
+                await prove_client(reader, writer, token.encode(), replica_id)
+            except BaseException:
+                writer.close()
+                raise
         return cls(reader, writer)
 
     def send(self, stream_id: int, kind: Kind, payload: bytes = b"") -> None:
@@ -118,9 +270,8 @@ class Connection:
             self._frames.write(stream_id, kind, payload)
 
     def start(self, kind: Kind, payload: bytes) -> Call:
-        stream_id = self._next_id
-        self._next_id += 1
-        call = Call(self, stream_id)
+        stream_id = self._ids.allocate(self._calls)
+        call = StreamCall(self, stream_id) if kind is Kind.STREAM else Call(self, stream_id)
         self._calls[stream_id] = call
         self._frames.write(stream_id, kind, payload)
         return call
@@ -138,8 +289,8 @@ class Connection:
                 call = self._calls.get(stream_id)
                 if call is not None:
                     call._on_frame(kind, payload)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, struct.error):
+            pass  # the replica went away, or broke the protocol: its calls are lost below
         finally:
             self.closed = True
             for call in list(self._calls.values()):

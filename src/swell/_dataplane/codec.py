@@ -1,4 +1,9 @@
-"""Payload encoding: pickle protocol 5, falling back to cloudpickle only when pickle can't."""
+"""Payload encoding: pickle protocol 5, falling back to cloudpickle only when pickle can't.
+
+Only payloads from a peer that finished the handshake reach ``loads``. A remote error travels
+as plain strings plus the pickled exception on its own, so a caller that cannot import the
+exception's class still gets the type name, message and traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 
 import cloudpickle
 
-from swell.exceptions import RemoteError
+from swell.exceptions import RemoteError, SerializationError
 
 OK = 0
 ERROR = 1
@@ -31,22 +36,45 @@ def encode_result(value: Any) -> bytes:
 
 
 def encode_error(error: BaseException) -> bytes:
-    """The remote exception as type, message and traceback; the object too when it pickles."""
+    """The exception as type, message and traceback; the object too when it pickles."""
     formatted = "".join(traceback.format_exception(error))
+    cause: bytes | None
     try:
-        cause: Any = pickle.loads(dumps(error))
+        cause = dumps(error)
+        pickle.loads(cause)  # an exception that pickles but cannot be rebuilt is left out
     except Exception:
         cause = None
-    remote = RemoteError(type(error).__name__, str(error), formatted, cause)
+    return dumps((ERROR, (type(error).__name__, str(error), formatted, cause)))
+
+
+def decode(data: bytes, method: str, replica_id: str) -> Any:
+    """The value, or raise the RemoteError the callee sent.
+
+    Raises SerializationError, naming the call, when ``data`` cannot be unpickled here.
+    """
     try:
-        return dumps((ERROR, remote))
-    except Exception:
-        return dumps((ERROR, RemoteError(type(error).__name__, str(error), formatted)))
-
-
-def decode(data: bytes) -> Any:
-    """The value, or raise the RemoteError the callee sent."""
-    kind, value = loads(data)
+        kind, value = loads(data)
+    except Exception as error:
+        what = f"the answer of {method!r} from replica {replica_id}"
+        raise undecodable(what, error, "the caller's") from error
     if kind == ERROR:
-        raise value
+        remote_type, message, formatted, cause = value
+        raise RemoteError(remote_type, message, formatted, _optional_loads(cause))
     return value
+
+
+def _optional_loads(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return loads(data)
+    except Exception:
+        return None  # the class is not importable here: type name and traceback still come
+
+
+def undecodable(what: str, error: BaseException, where: str) -> SerializationError:
+    """The error for a payload that did not unpickle: names it, the cause and the fix."""
+    return SerializationError(
+        f"could not unpickle {what}: {type(error).__name__}: {error}. Every type it contains "
+        f"must be importable, at a compatible version, in {where} process."
+    )

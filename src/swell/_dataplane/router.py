@@ -2,13 +2,20 @@
 
 One router per (event loop, deployment) in every calling process. Its replica set is pushed by
 the controller over a long-poll watch; if the controller goes away the last known set keeps
-serving. Calls go straight to the chosen replica over a pooled gRPC channel.
+serving. Calls go straight to the chosen replica over one multiplexed TCP connection per
+replica (swell's framed protocol, ``wire.py``), opened with a mutual handshake.
+
+Every call has a deadline (``timeout_s``): placing it, waiting for its admission and for its
+answer all end there, and a call that runs out of time is cancelled in the callee. A
+replica that is unreachable, fails the handshake or is draining is avoided for a while; a
+replica that is busy is retried after the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -18,10 +25,20 @@ from typing import Any
 import httpx
 
 from swell._dataplane import codec
-from swell._dataplane.client import Call, Connection, ConnectionLost
+from swell._dataplane.client import (
+    Call,
+    CallExpired,
+    Connection,
+    ConnectionLost,
+    Deadlines,
+    StreamCall,
+)
+from swell._dataplane.handshake import HandshakeError
 from swell._dataplane.wire import Kind
 from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
-from swell.exceptions import BackPressureError, ReplicaUnavailableError
+from swell.exceptions import BackPressureError, ReplicaUnavailableError, RequestTimeoutError
+
+logger = logging.getLogger(__name__)
 
 _WATCH_TIMEOUT_S = 30.0
 _WATCH_RETRY_MAX_S = 5.0
@@ -50,11 +67,14 @@ class _ReplicaView:
 
 
 class _Rejected(Exception):
-    """The replica turned the call away before running it: safe to try another."""
+    """The replica turned the call away before running it: safe to try another.
 
-    def __init__(self, unreachable: bool) -> None:
+    ``avoid``: the replica is unreachable or draining, so skip it for a while (not just busy).
+    """
+
+    def __init__(self, avoid: bool) -> None:
         super().__init__()
-        self.unreachable = unreachable
+        self.avoid = avoid
 
 
 class Router:
@@ -75,6 +95,7 @@ class Router:
         self._watch_task: asyncio.Task[None] | None = None
         self._demand_reported_at = -_DEMAND_EVERY_S
         self._background: set[asyncio.Task[None]] = set()
+        self._deadlines = Deadlines()
 
     # The replica set ---------------------------------------------------------------------
 
@@ -111,41 +132,38 @@ class Router:
         for replica_id in list(self._replicas):
             if replica_id not in addresses:
                 del self._replicas[replica_id]
+                # Calls in flight keep their own reference; new calls never pick it again.
+                self._connections.pop(replica_id, None)
         for replica_id, address in addresses.items():
             if replica_id not in self._replicas:
                 self._replicas[replica_id] = _ReplicaView(address)
-        live = {view.address for view in self._replicas.values()}
-        for address in list(self._connections):
-            if address not in live:
-                # Calls in flight keep their own reference; new calls never pick it again.
-                self._connections.pop(address)
         self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _connection(self, address: str) -> Connection:
-        """The shared connection to a replica, opened on first use."""
-        connection = self._connections.get(address)
-        if connection is not None and not connection.closed:
-            return connection
-        opening = self._opening.get(address)
+    async def _connection(self, replica_id: str, address: str) -> Connection:
+        """The shared connection to a replica, opened (and authenticated) on first use."""
+        opening = self._opening.get(replica_id)
         if opening is None:
             opening = asyncio.get_running_loop().create_task(
-                Connection.open(address, self._cluster.token)
+                Connection.open(address, self._cluster.token, replica_id),
+                name=f"swell-connect-{replica_id}",
             )
-            self._opening[address] = opening
+            # Read even when every waiter ran out of time first: no "never retrieved" noise.
+            opening.add_done_callback(_retrieve)
+            self._opening[replica_id] = opening
         try:
             connection = await asyncio.shield(opening)
         finally:
             if opening.done():
-                self._opening.pop(address, None)
-        self._connections[address] = connection
+                self._opening.pop(replica_id, None)
+        self._connections[replica_id] = connection
         return connection
 
     async def close(self) -> None:
-        """Stop watching and close the channels (swell is shutting down)."""
+        """Stop watching and close the connections (swell is shutting down)."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +171,7 @@ class Router:
         connections, self._connections = list(self._connections.values()), {}
         for connection in connections:
             await connection.close()
+        self._deadlines.close()
 
     # Choosing ----------------------------------------------------------------------------
 
@@ -179,19 +198,22 @@ class Router:
             first if self._score(views[first], now) <= self._score(views[second], now) else second
         )
 
-    async def _assign(self, kind: Kind, payload: bytes) -> tuple[str, Call]:
-        """Find a replica that accepts the call; wait (keeping our place) while all are busy."""
+    async def _assign(
+        self, kind: Kind, payload: bytes, deadline: float, timeout_s: float
+    ) -> tuple[str, Call]:
+        """Find a replica that accepts the call; wait (keeping our place) while all are busy.
+
+        Ends at ``deadline`` (loop time) if none has accepted by then: RequestTimeoutError
+        between attempts, CallExpired during one.
+        """
         self._ensure_watching()
         replica_id = self._choose(set()) if self._waiting == 0 else None
         if replica_id is not None:
             # Nobody is waiting and a replica has room: no queueing, no queue limit.
             try:
-                return replica_id, await self._start_call(replica_id, kind, payload)
+                return replica_id, await self._start_call(replica_id, kind, payload, deadline)
             except _Rejected as rejection:
-                if rejection.unreachable:
-                    self._replicas[replica_id].unreachable_until = (
-                        time.monotonic() + _UNREACHABLE_PENALTY_S
-                    )
+                self._note_rejection(replica_id, rejection)
         if self._max_queued >= 0 and self._waiting >= self._max_queued:
             raise BackPressureError(
                 f"{self._waiting} requests to deployment '{self._deployment}' are already "
@@ -199,65 +221,101 @@ class Router:
             )
         self._waiting += 1
         try:
-            deadline = time.monotonic() + NO_REPLICA_DEADLINE_S
-            tried: set[str] = set()
-            wait_s = 0.005
-            while True:
-                replica_id = self._choose(tried)
-                if replica_id is None:
-                    if not self._replicas:
-                        self._report_demand()
-                    if not self._replicas and time.monotonic() > deadline:
-                        raise ReplicaUnavailableError(
-                            f"no replica of deployment '{self._deployment}' in app "
-                            f"'{self._app}' became available within {NO_REPLICA_DEADLINE_S}s"
-                        )
-                    changed = self._changed
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), wait_s)
-                    wait_s = min(wait_s * 2, _RETRY_WAIT_MAX_S)
-                    tried.clear()
-                    continue
-                try:
-                    call = await self._start_call(replica_id, kind, payload)
-                    return replica_id, call
-                except _Rejected as rejection:
-                    tried.add(replica_id)
-                    if rejection.unreachable:
-                        self._replicas[replica_id].unreachable_until = (
-                            time.monotonic() + _UNREACHABLE_PENALTY_S
-                        )
+            return await self._place(kind, payload, deadline, timeout_s)
         finally:
             self._waiting -= 1
 
-    async def _start_call(self, replica_id: str, kind: Kind, payload: bytes) -> Call:
+    async def _place(
+        self, kind: Kind, payload: bytes, deadline: float, timeout_s: float
+    ) -> tuple[str, Call]:
+        """Try replicas in turn, backing off while none has room, until ``deadline``."""
+        loop = asyncio.get_running_loop()
+        no_replica_deadline = loop.time() + NO_REPLICA_DEADLINE_S
+        tried: set[str] = set()
+        wait_s = 0.005
+        while True:
+            replica_id = self._choose(tried)
+            if replica_id is not None:
+                try:
+                    return replica_id, await self._start_call(replica_id, kind, payload, deadline)
+                except _Rejected as rejection:
+                    tried.add(replica_id)
+                    self._note_rejection(replica_id, rejection)
+                    continue
+            now = loop.time()
+            if not self._replicas:
+                self._report_demand()
+                if now > no_replica_deadline:
+                    raise ReplicaUnavailableError(
+                        f"no replica of deployment '{self._deployment}' in app "
+                        f"'{self._app}' became available within {NO_REPLICA_DEADLINE_S}s"
+                    )
+            if now >= deadline:
+                raise self._unplaced(timeout_s)
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(wait_s, deadline - now)):
+                    await changed.wait()
+            wait_s = min(wait_s * 2, _RETRY_WAIT_MAX_S)
+            tried.clear()
+
+    def _note_rejection(self, replica_id: str, rejection: _Rejected) -> None:
+        view = self._replicas.get(replica_id)
+        if rejection.avoid and view is not None:
+            view.unreachable_until = time.monotonic() + _UNREACHABLE_PENALTY_S
+
+    async def _start_call(
+        self, replica_id: str, kind: Kind, payload: bytes, deadline: float
+    ) -> Call:
+        """Send the call to one replica and wait for its admission (CallExpired at deadline)."""
         view = self._replicas[replica_id]
-        connection = self._connections.get(view.address)
+        connection = self._connections.get(replica_id)
         if connection is None or connection.closed:
-            try:
-                connection = await self._connection(view.address)
-            except (OSError, TimeoutError):
-                raise _Rejected(unreachable=True) from None
+            connection = await self._connect(replica_id, view.address, deadline)
         call = connection.start(kind, payload)
+        self._deadlines.set(call, deadline)
         view.in_flight += 1
         try:
             load = await call.accepted
         except asyncio.CancelledError:
             call.cancel()
-            connection.done(call)
-            self._release(replica_id)
+            self._finish(replica_id, call)
+            raise
+        except CallExpired:
+            self._finish(replica_id, call)
             raise
         except ConnectionLost:
-            connection.done(call)
-            self._release(replica_id)
-            raise _Rejected(unreachable=True) from None
+            self._finish(replica_id, call)
+            raise _Rejected(avoid=True) from None
         if load is None:
-            connection.done(call)
-            self._release(replica_id)
-            raise _Rejected(unreachable=False)
+            self._finish(replica_id, call)
+            raise _Rejected(avoid=call.draining)
         view.reported_load = load
         view.reported_at = time.monotonic()
         return call
+
+    async def _connect(self, replica_id: str, address: str, deadline: float) -> Connection:
+        """The connection to a replica, or _Rejected when it cannot be had (CallExpired)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._connection(replica_id, address)
+        except HandshakeError as error:
+            logger.warning(
+                "replica %s at %s failed the data-plane handshake (%s); treating it as unreachable",
+                replica_id,
+                address,
+                error,
+            )
+            raise _Rejected(avoid=True) from None
+        except (OSError, TimeoutError):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise CallExpired() from None  # our own deadline, not the replica's fault
+            raise _Rejected(avoid=True) from None
+
+    def _finish(self, replica_id: str, call: Call) -> None:
+        call._connection.done(call)
+        self._deadlines.discard(call)
+        self._release(replica_id)
 
     def _report_demand(self) -> None:
         """Tell the controller a call waits with no replica (scale from zero), at most 1/s."""
@@ -284,40 +342,76 @@ class Router:
 
     # Calling -----------------------------------------------------------------------------
 
-    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float
+    ) -> Any:
+        """Place the call, wait for its answer; all within ``timeout_s`` (then it is cancelled)."""
         payload = codec.dumps((method, args, kwargs))
-        replica_id, call = await self._assign(Kind.CALL, payload)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            replica_id, call = await self._assign(Kind.CALL, payload, deadline, timeout_s)
+        except CallExpired:
+            raise self._unplaced(timeout_s) from None
         try:
             response = await call.result
         except asyncio.CancelledError:
-            call.cancel()
+            call.cancel()  # the callee's task is cancelled too
             raise
+        except CallExpired:
+            raise self._ran_out(method, timeout_s, "finish") from None
         except ConnectionLost:
             raise ReplicaUnavailableError(
                 f"replica {replica_id} went away after accepting the call"
             ) from None
         finally:
-            call._connection.done(call)
-            self._release(replica_id)
-        return codec.decode(response)
+            self._finish(replica_id, call)
+        return codec.decode(response, method, replica_id)
 
     async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float
     ) -> AsyncIterator[Any]:
+        """The callee's items; placing the call and each wait for an item get ``timeout_s``."""
         payload = codec.dumps((method, args, kwargs))
-        replica_id, call = await self._assign(Kind.STREAM, payload)
+        deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            async for kind, message in call.stream_items():
+            replica_id, call = await self._assign(Kind.STREAM, payload, deadline, timeout_s)
+        except CallExpired:
+            raise self._unplaced(timeout_s) from None
+        assert isinstance(call, StreamCall)
+        self._deadlines.discard(call)  # from here each wait for an item has its own
+        try:
+            async for kind, message in call.stream_items(self._deadlines, timeout_s):
                 if kind is Kind.END:
                     if message:
-                        codec.decode(message)  # raises the remote error
+                        codec.decode(message, method, replica_id)  # raises the remote error
                     return
-                yield codec.decode(message)
+                yield codec.decode(message, method, replica_id)
         except ConnectionLost:
             raise ReplicaUnavailableError(
                 f"replica {replica_id} went away during the stream"
             ) from None
+        except CallExpired:
+            raise self._ran_out(method, timeout_s, "send its next item") from None
         finally:
             call.cancel()  # a no-op once the stream has ended
-            call._connection.done(call)
-            self._release(replica_id)
+            self._finish(replica_id, call)
+
+    def _unplaced(self, timeout_s: float) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"no replica of deployment '{self._deployment}' in app '{self._app}' accepted the "
+            f"call within timeout_s={timeout_s} ({len(self._replicas)} known, all unreachable, "
+            "draining or at max_ongoing_requests); set a longer one with "
+            "handle.options(timeout_s=...) or add replicas."
+        )
+
+    def _ran_out(self, method: str, timeout_s: float, what: str) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the call to {self._deployment}.{method} in app '{self._app}' did not {what} "
+            f"within timeout_s={timeout_s}; it was cancelled in the callee. Set a longer "
+            "one with handle.options(timeout_s=...) if it needs more time."
+        )
+
+
+def _retrieve(task: asyncio.Task[Connection]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,23 +1,39 @@
 """The data-plane server every replica runs, on the same event loop as its HTTP server.
 
-A peer must open with the cluster token before anything it sends is unpickled. A call is
-admitted only while the replica has room (``max_ongoing_requests``): ACCEPTED goes back before
-any user code runs, REJECTED sends the caller to another replica.
+A peer must finish the mutual handshake (``handshake.py``) before anything it sends is read
+past a small size cap, let alone unpickled. A call is admitted only while the replica has room
+(``max_ongoing_requests``) and is not draining: ACCEPTED goes back before any user code runs;
+REJECTED sends the caller to another replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from swell._dataplane import codec
-from swell._dataplane.wire import CREDIT, LOAD, STREAM_WINDOW, FrameWriter, Kind, read_frame
+from swell._dataplane.handshake import prove_server
+from swell._dataplane.wire import (
+    CREDIT,
+    LOAD,
+    STREAM_WINDOW,
+    FrameWriter,
+    Kind,
+    ProtocolError,
+    Rejection,
+    read_frame,
+)
 
-_HELLO_DEADLINE_S = 10.0
+logger = logging.getLogger(__name__)
+
+HANDSHAKE_DEADLINE_S = 10.0
 _DRAIN_ABOVE_BYTES = 1 << 20
+_BUSY = bytes([Rejection.BUSY])
+_DRAINING = bytes([Rejection.DRAINING])
 
 
 class Dispatcher(Protocol):
@@ -49,7 +65,7 @@ class _Credit:
 
 
 class ReplicaService:
-    """Admission (token, capacity), then the user's method; errors travel back as values."""
+    """Admission (handshake, capacity, draining), then the user's method; errors travel back."""
 
     def __init__(
         self,
@@ -57,16 +73,32 @@ class ReplicaService:
         token: str,
         max_ongoing: int,
         other_ongoing: Callable[[], int],
+        *,
+        replica_id: str,
+        handshake_deadline_s: float = HANDSHAKE_DEADLINE_S,
     ) -> None:
         self._dispatcher = dispatcher
         self._token = token.encode()
+        self._replica_id = replica_id
+        self._handshake_deadline_s = handshake_deadline_s
         self._max_ongoing = max_ongoing
         self._other_ongoing = other_ongoing
         self.ongoing = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     def load(self) -> int:
         return self.ongoing + self._other_ongoing()
+
+    def start_draining(self) -> None:
+        """Turn new calls away (REJECTED, so callers place them elsewhere); admitted ones finish."""
+        self.draining = True
+
+    def _finished(self) -> None:
+        self.ongoing -= 1
+        if self.ongoing == 0 and self._idle is not None:
+            self._idle.set()
 
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -76,11 +108,14 @@ class ReplicaService:
         self._connections.add(task)
         try:
             try:
-                _, kind, token = await asyncio.wait_for(read_frame(reader), _HELLO_DEADLINE_S)
-            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+                async with asyncio.timeout(self._handshake_deadline_s):
+                    await prove_server(reader, writer, self._token, self._replica_id)
+            except (TimeoutError, ConnectionError) as error:
+                # Not a member of this cluster (or too slow to say so): nothing it sent was
+                # unpickled.
+                peer = writer.get_extra_info("peername")
+                logger.warning("refused a data-plane connection from %s: %r", peer, error)
                 return
-            if kind is not Kind.HELLO or not hmac.compare_digest(token, self._token):
-                return  # unauthenticated: nothing it sent is unpickled
             await _Connection(self, reader, writer).run()
         except asyncio.CancelledError:
             return  # wait_idle() closing connections at shutdown: an expected end
@@ -89,11 +124,13 @@ class ReplicaService:
             writer.close()
 
     async def wait_idle(self, timeout_s: float) -> None:
-        """At shutdown: let admitted calls finish, up to ``timeout_s``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.ongoing and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        """At shutdown: turn new calls away, let admitted ones finish (up to ``timeout_s``)."""
+        self.start_draining()
+        if self.ongoing:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._idle.wait()
         for task in list(self._connections):
             task.cancel()
 
@@ -116,23 +153,46 @@ class _Connection:
                 if kind is Kind.CALL or kind is Kind.STREAM:
                     self._admit(stream_id, kind, payload)
                 elif kind is Kind.CANCEL:
-                    call = self._calls.get(stream_id)
-                    if call is not None:
-                        call.cancel()
+                    self._cancel(stream_id)
                 elif kind is Kind.CREDIT:
-                    credit = self._credits.get(stream_id)
-                    if credit is not None:
-                        credit.grant(CREDIT.unpack(payload)[0])
+                    self._grant(stream_id, payload)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass  # the caller went away: its calls are cancelled below
+            pass  # the caller went away (or broke the protocol): its calls are cancelled below
         finally:
-            for call in list(self._calls.values()):
-                call.cancel()
+            for stream_id in list(self._calls):
+                self._cancel(stream_id)
+
+    def _cancel(self, stream_id: int) -> None:
+        call = self._calls.get(stream_id)
+        if call is None:
+            return
+        coro = call.get_coro()
+        if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+            # Cancelled before its first step (CALL and CANCEL read in one go): its coroutine
+            # never runs, so neither does its ``finally``. Account for it here.
+            self._end(stream_id)
+        call.cancel()
+
+    def _end(self, stream_id: int) -> None:
+        self._service._finished()
+        self._calls.pop(stream_id, None)
+        self._credits.pop(stream_id, None)
+
+    def _grant(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != CREDIT.size:
+            raise ProtocolError(f"a CREDIT frame of {len(payload)} bytes, not {CREDIT.size}")
+        credit = self._credits.get(stream_id)
+        if credit is not None:
+            credit.grant(CREDIT.unpack(payload)[0])
 
     def _admit(self, stream_id: int, kind: Kind, payload: bytes) -> None:
         service = self._service
-        if service.load() >= service._max_ongoing:
-            self._frames.write(stream_id, Kind.REJECTED)
+        if service.draining:
+            self._frames.write(stream_id, Kind.REJECTED, _DRAINING)
+            return
+        # An id still in use can only be a wrapped id whose cancelled call has not ended yet.
+        if service.load() >= service._max_ongoing or stream_id in self._calls:
+            self._frames.write(stream_id, Kind.REJECTED, _BUSY)
             return
         service.ongoing += 1
         self._frames.write(stream_id, Kind.ACCEPTED, LOAD.pack(service.load()))
@@ -151,7 +211,11 @@ class _Connection:
     async def _run(self, stream_id: int, kind: Kind, payload: bytes) -> None:
         dispatcher = self._service._dispatcher
         try:
-            method, args, kwargs = codec.loads(payload)
+            try:
+                method, args, kwargs = codec.loads(payload)
+            except Exception as error:
+                await self._refuse_arguments(stream_id, kind, error)
+                return
             if kind is Kind.CALL:
                 try:
                     result = codec.encode_result(await dispatcher.call(method, args, kwargs))
@@ -175,9 +239,14 @@ class _Connection:
         except (asyncio.CancelledError, ConnectionError):
             pass  # cancelled by the caller, or the caller is gone
         finally:
-            self._service.ongoing -= 1
-            self._calls.pop(stream_id, None)
-            self._credits.pop(stream_id, None)
+            self._end(stream_id)
+
+    async def _refuse_arguments(self, stream_id: int, kind: Kind, error: Exception) -> None:
+        """Arguments that do not unpickle here: the caller gets the error instead of a hang."""
+        failure = codec.undecodable("the arguments of a handle call", error, "the callee's")
+        failure.__cause__ = error
+        last = Kind.RESULT if kind is Kind.CALL else Kind.END
+        await self._send(stream_id, last, codec.encode_error(failure))
 
 
 async def start_server(service: ReplicaService, host: str) -> tuple[asyncio.Server, int]:
@@ -188,6 +257,7 @@ async def start_server(service: ReplicaService, host: str) -> tuple[asyncio.Serv
 
 
 async def stop_server(server: asyncio.Server, service: ReplicaService, grace_s: float) -> None:
+    """Stop accepting connections, let admitted calls finish within ``grace_s``, then close."""
     server.close()
     with contextlib.suppress(Exception):
         await service.wait_idle(grace_s)

@@ -75,7 +75,11 @@ async def _serve(spec: Any, events_fd: int) -> int:
         spec.max_request_body_bytes,
     )
     service = ReplicaService(
-        user, spec.cluster_token, spec.config.max_ongoing_requests, lambda: app.ongoing
+        user,
+        spec.cluster_token,
+        spec.config.max_ongoing_requests,
+        lambda: app.ongoing,
+        replica_id=spec.replica_id,
     )
     dataplane_server, data_port = await start_dataplane(service, spec.host)
     app.handle_load = service.load
@@ -104,6 +108,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
 
     def begin_shutdown() -> None:
         app.draining = True
+        service.start_draining()  # handle calls go to other replicas from now on
         server.should_exit = True
 
     def on_lifeline_readable() -> None:
