@@ -35,8 +35,8 @@ def test_both_replicas_answer_behind_each_haproxy(serve: Swell) -> None:
     assert len(seen) == 2
     assert serve.client.get("/-/healthz").text == "ok"
     assert serve.client.get("/-/routes").json() == {"/": "default"}
-    # The replicas' control paths are not reachable from outside.
-    assert serve.client.get("/-/swell/health").status_code == 404
+    # Paths under /-/ other than HAProxy's own two belong to the application.
+    assert serve.client.get("/-/mine").json()["path"] == "/-/mine"
 
 
 def test_two_apps_on_two_prefixes(serve: Swell) -> None:
