@@ -147,6 +147,7 @@ def test_one_app() -> None:
         "balance leastconn",
         "option httpchk GET /-/swell/ready",
         "http-check expect status 200",
+        "option http-buffer-request",
         'http-request set-header x-swell-route-prefix "/"',
         "server r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 "
         "pool-max-conn -1 pool-purge-delay 5s",
@@ -226,7 +227,8 @@ def test_default_timeouts() -> None:
     assert "    timeout server 3600000ms\n" in config
     assert "    timeout client 60000ms\n" in config
     assert "    timeout http-request 10000ms\n" in config
-    assert "    option http-buffer-request\n" in config
+    assert "option http-buffer-request" in backend_lines(config, "app_default")
+    assert "option http-buffer-request" not in config.split("frontend", 1)[0]
     assert "    timeout http-keep-alive 90000ms\n" in config
     assert "    timeout queue 30000ms\n" in config
 

@@ -187,10 +187,9 @@ def render(settings: IngressSettings, backends: list[BackendEntry], generation: 
         f"    timeout client {_seconds(settings.client_timeout_s)}",
         f"    timeout server {_seconds(server_timeout)}",
         f"    timeout http-keep-alive {_seconds(settings.keep_alive_timeout_s)}",
-        # Headers and the first buffer of the body must arrive within this, however slowly
-        # they trickle: slow clients are cut before they hold a replica slot.
+        # Headers (and, in app backends, the first buffer of the body) must arrive within
+        # this, however slowly they trickle: slow clients are cut before they hold a slot.
         f"    timeout http-request {_seconds(settings.header_timeout_s)}",
-        "    option http-buffer-request",
         f"    timeout queue {_seconds(settings.queue_timeout_s)}",
         "    retries 3",
         "    retry-on conn-failure empty-response",
@@ -214,6 +213,9 @@ def render(settings: IngressSettings, backends: list[BackendEntry], generation: 
             "    balance leastconn",
             f"    option httpchk GET {CONTROL_READY_PATH}",
             "    http-check expect status 200",
+            # Wait for the body's first buffer here, not in the frontend: the frontend's rules
+            # (413 on a too-large Content-Length) run as soon as the headers are in.
+            "    option http-buffer-request",
             # The replica learns its prefix from each request; a client's value never counts.
             f"    http-request set-header {ROUTE_PREFIX_HEADER} {_quoted(backend.route_prefix)}",
         ]

@@ -237,7 +237,9 @@ class HAProxyManager:
                     f"{self._process.exit_status()}:\n{self._log_tail()}"
                 )
             with contextlib.suppress(HAProxyError):
-                if (await self.runtime.info()).generation == self._generation:
+                info = await self.runtime.info()
+                if info.generation == self._generation:
+                    self._process.note_worker(info.pid)
                     return
             if loop.time() > deadline:
                 raise HAProxyError(
@@ -265,6 +267,17 @@ class HAProxyManager:
         self._spawn(self._restart(), "swell-haproxy-restart")
 
     async def _restart(self) -> None:
+        # A killed master's worker may still accept on the port: stopped once the new serves.
+        orphan = self._process.take_worker()
+        try:
+            await self._restart_until_serving()
+        finally:
+            self._process.soft_stop(orphan)
+        # Servers changed while it was down are in the file; anything else is repaired now.
+        with contextlib.suppress(HAProxyError):
+            await self.reconcile()
+
+    async def _restart_until_serving(self) -> None:
         failures = 0
         while not self._stopping:
             await asyncio.sleep(_RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S) - 1)])
@@ -285,10 +298,7 @@ class HAProxyManager:
                 self._restarts += 1
                 self._serving()
                 logger.warning("HAProxy restarted (pid %s)", self.pid)
-            # Servers changed while it was down are in the file; anything else is repaired now.
-            with contextlib.suppress(HAProxyError):
-                await self.reconcile()
-            return
+                return
 
     async def stop(self) -> None:
         self._stopping = True

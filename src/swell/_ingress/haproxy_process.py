@@ -28,6 +28,7 @@ logger = logging.getLogger("swell.ingress")
 
 _POLL_S = 0.02
 _MASTER_CLI_TIMEOUT_S = 30.0
+_MASTER_CONNECT_S = 5.0
 _EXIT_POLL_S = 0.1
 
 INSTALL_HINT = (
@@ -145,6 +146,10 @@ class HAProxyProcess:
         self._adopted: int | None = None
         self._pidfd: int | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        # The serving worker, held by pidfd: after its master is killed it lives on for a
+        # moment, still accepting on the shared port, until told to stop.
+        self._worker_pid: int | None = None
+        self._worker_fd: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -180,6 +185,38 @@ class HAProxyProcess:
                 start_new_session=True,
             )
         self._adopted = None
+
+    def note_worker(self, pid: int) -> None:
+        """The worker now serving (from ``show info``)."""
+        if pid == self._worker_pid:
+            return
+        self._forget_worker()
+        try:
+            self._worker_fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return
+        self._worker_pid = pid
+
+    def take_worker(self) -> int | None:
+        """The pidfd of the last serving worker, now the caller's (see ``soft_stop``)."""
+        fd, self._worker_fd, self._worker_pid = self._worker_fd, None, None
+        return fd
+
+    @staticmethod
+    def soft_stop(worker_fd: int | None) -> None:
+        """Tell a worker whose master was killed to stop accepting and finish what it has
+        (SIGUSR1, as a reload does). Through its pidfd, so a reused pid is never signalled."""
+        if worker_fd is None:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(worker_fd, signal.SIGUSR1)
+        os.close(worker_fd)
+
+    def _forget_worker(self) -> None:
+        if self._worker_fd is not None:
+            os.close(self._worker_fd)
+        self._worker_fd = None
+        self._worker_pid = None
 
     def adopt(self, pid: int) -> None:
         self._child = None
@@ -227,8 +264,22 @@ class HAProxyProcess:
     async def master_command(self, command: str) -> str:
         """One command on the master CLI; its whole answer (the master closes after it)."""
 
+        loop = asyncio.get_running_loop()
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            # Right after a reload the re-executed master takes a moment to listen again:
+            # nothing was sent yet, so connecting again is safe.
+            deadline = loop.time() + _MASTER_CONNECT_S
+            while True:
+                try:
+                    return await asyncio.open_unix_connection(str(self._master_socket))
+                except (ConnectionRefusedError, FileNotFoundError):
+                    if loop.time() > deadline or not self.alive():
+                        raise
+                await asyncio.sleep(_POLL_S)
+
         async def exchange() -> str:
-            reader, writer = await asyncio.open_unix_connection(str(self._master_socket))
+            reader, writer = await connect()
             try:
                 writer.write(command.encode() + b"\n")
                 await writer.drain()
@@ -264,6 +315,7 @@ class HAProxyProcess:
     async def stop(self) -> None:
         """SIGTERM (workers finish nothing more), then SIGKILL after 10 s; reaped."""
         self.unwatch()
+        self._forget_worker()
         pid = self.pid
         if pid is None or not self.alive():
             return

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from swell._ingress.haproxy_config import TLSSettings
 from swell.config import HTTPOptions
@@ -43,12 +44,10 @@ def _certificates(field: str, path: str) -> list[x509.Certificate]:
     return certificates
 
 
-def _public_pem(key: object) -> bytes:
-    public_bytes = key.public_bytes  # type: ignore[attr-defined]
-    data: bytes = public_bytes(
+def _public_pem(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return data
 
 
 def build_bundle(options: HTTPOptions, runtime_dir: Path) -> TLSSettings | None:
@@ -76,7 +75,7 @@ def build_bundle(options: HTTPOptions, runtime_dir: Path) -> TLSSettings | None:
             f"http_options.ssl_keyfile={options.ssl_keyfile!r} could not be loaded: not a PEM "
             "private key, or http_options.ssl_keyfile_password is wrong"
         ) from None
-    if _public_pem(key) != _public_pem(chain[0].public_key()):
+    if _public_pem(key.public_key()) != _public_pem(chain[0].public_key()):
         raise ConfigError(
             f"http_options.ssl_keyfile={options.ssl_keyfile!r} is not the key of the "
             f"certificate in http_options.ssl_certfile={options.ssl_certfile!r}"
