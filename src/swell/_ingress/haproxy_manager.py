@@ -47,7 +47,13 @@ from swell._protocol import WAKE_SERVER, backend_name
 from swell.config import HTTPOptions
 from swell.exceptions import HAProxyError
 
-__all__ = ["HAProxyManager", "IngressStatus", "ensure_port_free", "find_haproxy_binary"]
+__all__ = [
+    "HAProxyManager",
+    "IngressStatus",
+    "ensure_port_free",
+    "find_haproxy_binary",
+    "haproxy_version",
+]
 
 logger = logging.getLogger("swell.ingress")
 
@@ -494,16 +500,13 @@ class HAProxyManager:
 
     async def reconcile(self) -> list[Repair]:
         """Compare HAProxy's servers with the desired state and repair each difference."""
-        info = await self.runtime.info()
-        if self._generation is not None and info.generation != self._generation:
+        if not await self._serves_current_generation():
             # The worker serving did not load the current file (a reload that finished after
-            # its deadline, or one nobody asked for): load it now.
+            # its deadline, for one): load it now, unless a route change just did.
             async with self._lifecycle_lock:
-                if self._applies_now():
+                if self._applies_now() and not await self._serves_current_generation():
                     logger.warning(
-                        "HAProxy serves config generation %s, not %s: reloading",
-                        info.generation,
-                        self._generation,
+                        "HAProxy does not serve config generation %s: reloading", self._generation
                     )
                     await self._reload()
             return []
@@ -518,3 +521,7 @@ class HAProxyManager:
         if repairs:
             logger.warning("HAProxy differed from the desired state; repaired: %s", repairs)
         return repairs
+
+    async def _serves_current_generation(self) -> bool:
+        info = await self.runtime.info()
+        return self._generation is None or info.generation == self._generation

@@ -113,9 +113,9 @@ def global_maxconn() -> int:
 def _die_with_parent_prefix() -> list[str]:
     """A command prefix so HAProxy gets SIGTERM if the controller's process dies.
 
-    util-linux's setpriv sets the parent-death signal and execs HAProxy. (Doing it from a
-    preexec_fn would run Python between fork and exec, which gRPC's fork handlers in this
-    process do not survive.)
+    util-linux's setpriv sets the parent-death signal and execs HAProxy, so no Python runs
+    between fork and exec in this multi-threaded process (a preexec_fn would, which is unsafe
+    with threads).
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []

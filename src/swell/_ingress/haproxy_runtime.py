@@ -23,7 +23,8 @@ from swell._protocol import BACKEND_QUEUE, WAKE_SERVER
 from swell.exceptions import HAProxyError
 
 _COMMAND_TIMEOUT_S = 5.0
-_PROMPT = b"> "
+# Every answer ends with a newline, then the prompt.
+_PROMPT = b"\n> "
 _GENERATION_WAIT_S = 5.0
 _POLL_S = 0.05
 
@@ -67,7 +68,7 @@ class _UnixSession:
             if not chunk:
                 raise ConnectionResetError("HAProxy closed the connection")
             data += chunk
-        return data[: -len(_PROMPT)].decode(errors="replace")
+        return data[: -len(_PROMPT) + 1].decode(errors="replace")
 
     async def command(self, text: str) -> str:
         if "\n" in text or ";" in text:
