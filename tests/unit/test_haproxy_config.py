@@ -32,19 +32,14 @@ from swell._ingress.haproxy_config import (
     server_arguments,
 )
 from swell._ingress.haproxy_manager import find_haproxy_binary
+from swell.config import HTTPOptions
 from swell.exceptions import HAProxyNotFoundError
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("SWELL_UPDATE_GOLDEN") == "1"
 
-SETTINGS = IngressSettings(
-    bind_host="127.0.0.1",
-    bind_port=8000,
-    socket_path="/run/swell/haproxy.sock",
-    global_maxconn=4096,
-    queue_timeout_s=30.0,
-    keep_alive_timeout_s=90.0,
-    request_timeout_s=None,
+SETTINGS = IngressSettings.from_options(
+    HTTPOptions(host="127.0.0.1", port=8000), "/run/swell/haproxy.sock", 4096
 )
 
 

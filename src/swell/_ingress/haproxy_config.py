@@ -20,6 +20,7 @@ from swell._protocol import (
     WAKE_SERVER,
     backend_name,
 )
+from swell.config import HTTPOptions
 
 CHECK_INTERVAL_MS = 1000
 GENERATION_PREFIX = "swell generation "
@@ -51,12 +52,37 @@ class IngressSettings:
     queue_timeout_s: float
     keep_alive_timeout_s: float
     request_timeout_s: float | None
+    header_timeout_s: float
+    client_timeout_s: float
+    max_body_bytes: int
     # The controller's wake-up server: every app's backup, for scale from zero.
     wake_address: str | None = None
-    header_timeout_s: float = 10.0
-    client_timeout_s: float = 60.0
-    max_body_bytes: int = 100 * 1024 * 1024
     tls: TLSSettings | None = None
+
+    @classmethod
+    def from_options(
+        cls,
+        options: HTTPOptions,
+        socket_path: str,
+        global_maxconn: int,
+        wake_address: str | None = None,
+        tls: TLSSettings | None = None,
+    ) -> IngressSettings:
+        """The settings ``http_options`` asks for (their defaults live in config.py only)."""
+        return cls(
+            bind_host=options.host,
+            bind_port=options.port,
+            socket_path=socket_path,
+            global_maxconn=global_maxconn,
+            queue_timeout_s=options.queue_timeout_s,
+            keep_alive_timeout_s=options.keep_alive_timeout_s,
+            request_timeout_s=options.request_timeout_s,
+            header_timeout_s=options.request_header_timeout_s,
+            client_timeout_s=options.client_timeout_s,
+            max_body_bytes=options.max_request_body_bytes,
+            wake_address=wake_address,
+            tls=tls,
+        )
 
 
 @dataclass(frozen=True)

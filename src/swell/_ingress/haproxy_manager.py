@@ -89,18 +89,8 @@ class HAProxyManager:
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
         self.version = ""
-        self._settings = IngressSettings(
-            bind_host=options.host,
-            bind_port=options.port,
-            socket_path=str(runtime_dir / "haproxy.sock"),
-            global_maxconn=global_maxconn(),
-            queue_timeout_s=options.queue_timeout_s,
-            keep_alive_timeout_s=options.keep_alive_timeout_s,
-            request_timeout_s=options.request_timeout_s,
-            wake_address=wake_address,
-            header_timeout_s=options.request_header_timeout_s,
-            client_timeout_s=options.client_timeout_s,
-            max_body_bytes=options.max_request_body_bytes,
+        self._settings = IngressSettings.from_options(
+            options, str(runtime_dir / "haproxy.sock"), global_maxconn(), wake_address
         )
         self._config_path = runtime_dir / "haproxy.cfg"
         self._process = HAProxyProcess(
@@ -239,8 +229,8 @@ class HAProxyManager:
         while True:
             if not self._process.alive():
                 raise HAProxyError(
-                    f"HAProxy ({self.binary}) exited at start with status "
-                    f"{self._process.exit_status()}:\n{self._log_tail()}"
+                    f"HAProxy ({self.binary}) exited with status {self._process.exit_status()} "
+                    f"before serving config generation {self._generation}:\n{self._log_tail()}"
                 )
             with contextlib.suppress(HAProxyError):
                 info = await self.runtime.info()
@@ -414,10 +404,11 @@ class HAProxyManager:
                 await self.runtime.add_server(backend.name, server)
             except HAProxyRefused:
                 current = self._backends.get(app_name)
-                if current is not None:
-                    self._with_servers(
-                        app_name, tuple(s for s in current.servers if s.name != server_name)
-                    )
+                if current is None:
+                    return  # the route was removed meanwhile, and its servers with it
+                self._with_servers(
+                    app_name, tuple(s for s in current.servers if s.name != server_name)
+                )
                 raise
             except HAProxyUnavailable as error:
                 logger.warning("server %s: added on the next reconcile (%s)", server_name, error)
