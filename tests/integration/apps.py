@@ -342,6 +342,7 @@ class Fragile:
     only at the first attempt (so a GET sent again is answered by the other replica)."""
 
     async def __call__(self, request: Request) -> dict[str, int]:
+        await request.body()  # all of it read: the replica's death closes cleanly, no reset
         marker = Path(request.query_params["marker"])
         with marker.open("a") as attempts_file:
             attempts_file.write(f"{os.getpid()}\n")
