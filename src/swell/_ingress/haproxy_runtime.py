@@ -110,8 +110,8 @@ class UnixSocketTransport:
             yield session
         finally:
             writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), _COMMAND_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
