@@ -28,6 +28,7 @@ from swell._ingress.haproxy_config import (
     render,
 )
 from swell._ingress.haproxy_manager import find_haproxy_binary
+from swell.config import HTTPOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -240,14 +241,8 @@ def ceiling_server(workdir: Path) -> Iterator[str]:
             wait_for_200(f"http://{HOST}:{port}{READY_PATH}", READY_DEADLINE_S, alive(proc))
 
         port = free_port()
-        settings = IngressSettings(
-            bind_host=HOST,
-            bind_port=port,
-            socket_path=str(workdir / "haproxy.sock"),
-            global_maxconn=4096,
-            queue_timeout_s=30.0,
-            keep_alive_timeout_s=90.0,
-            request_timeout_s=None,
+        settings = IngressSettings.from_options(
+            HTTPOptions(host=HOST, port=port), str(workdir / "haproxy.sock"), 4096
         )
         servers = tuple(
             ServerEntry(f"r{i}", f"{HOST}:{p}", REPLICA_MAXCONN)

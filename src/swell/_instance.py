@@ -166,15 +166,7 @@ class SwellInstance:
         assert controller is not None and ingress is not None and deployer is not None
         status = controller.status()
         deployer.overlay(status["applications"])
-        status["proxies"] = {
-            socket.gethostname(): {
-                "status": "HEALTHY",
-                "pid": ingress.pid,
-                "address": ingress.address,
-                "haproxy_binary": ingress.binary,
-                "haproxy_version": ingress.version,
-            }
-        }
+        status["proxies"] = {socket.gethostname(): ingress.describe()}
         status["http_options"] = self.http_options.model_dump(mode="json")
         status["admin_port"] = self.admin_port
         status["deployed_config"] = deployer.applied
@@ -204,10 +196,9 @@ class SwellInstance:
         self.deployer.submit(config)
 
     def _check_http_options(self, wanted: HTTPOptions) -> None:
-        for field in ("host", "port"):
-            if field in wanted.model_fields_set and getattr(wanted, field) != getattr(
-                self.http_options, field
-            ):
+        """HTTP options apply when swell starts; a PUT may repeat them, not change them."""
+        for field in sorted(wanted.model_fields_set):
+            if getattr(wanted, field) != getattr(self.http_options, field):
                 raise ConfigError(
                     f"http_options.{field}={getattr(wanted, field)!r} differs from the running "
                     f"instance's {getattr(self.http_options, field)!r}; HTTP options apply when "
@@ -290,7 +281,7 @@ class SwellInstance:
             list(sys.path),
             cluster_token=saved["token"] if saved else None,
             survive_controller=checkpoint is not None,
-            max_request_body_bytes=getattr(self.http_options, "max_request_body_bytes", None),
+            max_request_body_bytes=self.http_options.max_request_body_bytes,
         )
         self.deployer = ConfigDeployer(self.controller, work_dir, self.controller._spawn)
         if saved is not None:

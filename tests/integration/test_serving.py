@@ -38,6 +38,8 @@ def test_both_replicas_answer_behind_each_haproxy(serve: Swell) -> None:
     assert serve.client.get("/-/routes").json() == {"/": "default"}
     # The replicas' control paths are not on the user port: the user's code answers them.
     assert serve.client.get("/-/swell/stats").json()["message"] == "Hello?"
+    # Paths under /-/ other than HAProxy's own two belong to the application.
+    assert serve.client.get("/-/mine").json()["path"] == "/-/mine"
 
 
 def test_two_apps_on_two_prefixes(serve: Swell) -> None:

