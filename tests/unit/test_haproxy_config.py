@@ -253,7 +253,7 @@ def test_generation_is_in_the_description() -> None:
 def test_only_idempotent_methods_are_retried_after_sending() -> None:
     config = rendered("one_app")
     # Connection failures (nothing sent) are retried for every method...
-    assert "    retry-on conn-failure empty-response\n" in config
+    assert "    retry-on conn-failure empty-response 503\n" in config
     # ...a replica that failed after getting the request is retried for idempotent ones only.
     assert (
         "http-request disable-l7-retry unless METH_GET || METH_OPTIONS || METH_PUT || METH_DELETE"

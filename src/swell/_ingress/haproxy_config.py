@@ -218,7 +218,9 @@ def render(settings: IngressSettings, backends: list[BackendEntry], generation: 
         f"    timeout http-request {_seconds(settings.header_timeout_s)}",
         f"    timeout queue {_seconds(settings.queue_timeout_s)}",
         "    retries 3",
-        "    retry-on conn-failure empty-response",
+        # 503 from a replica means "not here, try another" (a replica it called died, or its
+        # queue is full); like the rest of layer 7, only idempotent requests are retried.
+        "    retry-on conn-failure empty-response 503",
         "    option redispatch 1",
         "    http-reuse always",
         # A client that goes away aborts its request at the replica too (cancelling work).
