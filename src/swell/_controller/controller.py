@@ -25,6 +25,7 @@ from swell._controller.replica_client import ReplicaClient
 from swell._controller.status_view import app_status, applications_document
 from swell._engines.base import Engine, ReadyInfo
 from swell._spec import ReplicaSpec
+from swell._tasks import TaskOwner
 from swell.exceptions import ConfigError
 
 logger = logging.getLogger("swell.controller")
@@ -55,7 +56,7 @@ class Controller:
         self._sys_path = sys_path
         self._clock = clock
         self._apps: dict[str, AppRuntime] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._owner = TaskOwner(logger, "controller")
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -95,28 +96,14 @@ class Controller:
         for app in self._apps.values():
             for deployment in app.deployments.values():
                 deployment.set_changed.set()  # answer pending watches now
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._owner.cancel_all()
         self._apps.clear()
         await self._engine.shutdown()
         await self._replicas.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[None]:
-        """Every background task has a name and an owner, and its crash is logged."""
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("controller task %s crashed", name)
-
-        task = asyncio.get_running_loop().create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """Background work is named, owned (cancelled at stop) and logged if it crashes."""
+        return self._owner.spawn(coro, name)
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -45,6 +45,7 @@ from swell._ingress.tls import build_bundle
 from swell._private_files import write_private
 from swell._procs import pid_alive
 from swell._protocol import WAKE_SERVER, backend_name
+from swell._tasks import TaskOwner
 from swell.config import HTTPOptions
 from swell.exceptions import HAProxyError
 
@@ -115,7 +116,7 @@ class HAProxyManager:
         self._lifecycle_lock = asyncio.Lock()
         # Conversations that change servers, and the reconcile pass, one at a time.
         self._runtime_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._owner = TaskOwner(logger, "ingress")
         self._stopping = False
 
     # State and status ---------------------------------------------------------------------
@@ -161,18 +162,7 @@ class HAProxyManager:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Background work is named, owned (cancelled at stop) and logged if it crashes."""
-
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("ingress task %s crashed", name)
-
-        task = asyncio.get_running_loop().create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._owner.spawn(coro, name)
 
     # Start, adopt, supervise, stop --------------------------------------------------------
 
@@ -218,7 +208,7 @@ class HAProxyManager:
     def _serving(self) -> None:
         self._status = IngressStatus.HEALTHY
         self._process.watch(self._on_exit)
-        if not any(t.get_name() == "swell-haproxy-reconcile" for t in self._tasks):
+        if not any(t.get_name() == "swell-haproxy-reconcile" for t in self._owner.tasks):
             self._spawn(self._reconcile_forever(), "swell-haproxy-reconcile")
 
     async def _wait_serving(self, deadline_s: float) -> None:
@@ -297,9 +287,7 @@ class HAProxyManager:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._owner.cancel_all()
         await self._process.stop()
         self._status = IngressStatus.STOPPED
 

