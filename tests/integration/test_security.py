@@ -205,3 +205,27 @@ def test_many_clients_cannot_starve_the_health_check(serve: Swell, tmp_path: Pat
         for worker in workers:
             worker.join(60)
     assert results == [200] * busy_count
+
+
+def test_a_chunked_body_past_the_limit_gets_413_from_the_replica() -> None:
+    """HAProxy refuses a declared Content-Length past the limit; a chunked body declares none,
+    so the replica counts it as it streams."""
+    port = free_port()
+    swell.start(http_options={"port": port, "max_request_body_bytes": 1000}, admin_port=0)
+    try:
+        swell.run(hardening_apps.body_reader_app)
+        url = f"http://127.0.0.1:{port}/"
+
+        def chunks(total: int) -> Iterator[bytes]:
+            for _ in range(total // 500):
+                yield b"z" * 500
+
+        small = httpx.post(url, params={"log": os.devnull}, content=chunks(1000))
+        assert small.json() == {"bytes": 1000, "chunks": small.json()["chunks"]}
+        big = httpx.post(url, params={"log": os.devnull}, content=chunks(5000))
+        assert big.status_code == 413
+        assert "max_request_body_bytes" in big.text
+        # And the replica keeps serving.
+        assert httpx.post(url, params={"log": os.devnull}, content=b"ok").status_code == 200
+    finally:
+        swell.shutdown()
