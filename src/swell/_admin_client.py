@@ -10,20 +10,25 @@ import httpx
 
 from swell._private_files import find_admin_token, read_token
 from swell._protocol import APPLICATIONS_PATH
+from swell._ray_env import ray_auth_token
 from swell.exceptions import ConfigError, ControllerUnavailableError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def resolve_token(address: str, token_file: str | None = None) -> str | None:
-    """The admin token: from ``token_file``, else the one a local instance on that port left
-    in this user's runtime directory (only for a loopback address: a local token is never
+    """The admin token: from ``token_file``, else Ray's (``RAY_AUTH_MODE=token``, as in a
+    KubeRay pod or Job given the cluster's token), else the one a local instance on that port
+    left in this user's runtime directory (only for a loopback address: a local token is never
     sent to another machine)."""
     if token_file is not None:
         token = read_token(Path(token_file).expanduser())
         if token is None:
             raise ConfigError(f"--token-file {token_file} does not exist or is empty")
         return token
+    ray_token = ray_auth_token()
+    if ray_token is not None:
+        return ray_token
     parts = urlsplit(address if "://" in address else f"http://{address}")
     if parts.hostname in _LOOPBACK and parts.port is not None:
         return find_admin_token(parts.port)

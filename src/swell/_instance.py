@@ -170,6 +170,9 @@ class SwellInstance:
         status["http_options"] = self.http_options.model_dump(mode="json")
         status["admin_port"] = self.admin_port
         status["deployed_config"] = deployer.applied
+        # Ray Serve's fields that KubeRay's client knows (it ignores the rest).
+        status["deploy_mode"] = "MULTI_APP"
+        status["target_capacity"] = deployer.target_capacity()
         return status
 
     def note_demand(self, app_name: str, deployment: str) -> bool:
@@ -294,6 +297,8 @@ class SwellInstance:
     async def _tear_down(self, checkpoint: Checkpoint | None, scratch: Path | None) -> None:
         set_cluster_context(None)
         close_routers()
+        if self.ingress is not None:
+            await self.ingress.mark_draining()  # probes see it before the replicas drain
         if self.controller is not None:
             await self.controller.shutdown()
         if self.ingress is not None:

@@ -37,8 +37,21 @@ REPLICA_SETS_PREFIX = "/api/swell/replica-sets/"
 DEMAND_PREFIX = "/api/swell/demand/"
 ADMIN_HEALTH_PATH = "/-/healthz"
 
+# Every node's ingress answers this itself (HAProxy, no replica involved), with Ray Serve's
+# proxy contract that KubeRay's probes rely on: 200 and a body holding "success" while the node
+# can serve, else 503 and the reason.
+INGRESS_HEALTH_PATH = "/-/healthz"
+INGRESS_HEALTHY = "success"
+INGRESS_NO_ROUTES = "no routes yet"
+INGRESS_NO_REPLICAS = "no replicas yet"
+INGRESS_DRAINING = "draining"
+
 # HAProxy object names.
 NO_ROUTE_BACKEND = "swell_no_route"
+# A backend no request is routed to: its one server is a flag, in maintenance until the node's
+# ingress starts draining (set through the runtime API, so it takes effect without a reload).
+DRAINING_BACKEND = "swell_draining"
+DRAINING_FLAG = "flag"
 WAKE_SERVER = "swell_wake"
 # The key under which the ingress reports requests queued in a backend (not yet at a server).
 BACKEND_QUEUE = "BACKEND"

@@ -16,6 +16,7 @@ from swell._context import get_replica_context as _get_replica_context
 from swell._controller.controller import Controller
 from swell._controller.model import DeploymentTarget
 from swell._instance import SwellInstance
+from swell._ray_env import note_ignored_switches, ray_auth_token
 from swell._targets import deployment_targets, prepare_config
 from swell.config import (
     ControllerOptions,
@@ -123,11 +124,14 @@ def start(
             controller_settings["admin_host"] = admin_host
         if admin_port is not None:
             controller_settings["admin_port"] = admin_port
+        if admin_token is None:
+            admin_token = ray_auth_token()  # a Ray pod with token authentication
         if admin_token is not None:
             controller_settings["admin_token"] = admin_token
         if state_dir is not None:
             controller_settings["state_dir"] = state_dir
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
+        note_ignored_switches()
         instance = SwellInstance(http, controller)
         instance.start()
         _instance = instance

@@ -22,6 +22,7 @@ from swell._admin_client import resolve_token
 from swell._import_path import load_application
 from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
+from swell._ray_env import ray_auth_token
 from swell.config import ControllerOptions, HTTPOptions, RunOptions
 from swell.config_file import build_config, load_config_file
 from swell.exceptions import ControllerUnavailableError, DeploymentFailedError, SwellError
@@ -36,9 +37,9 @@ _POLL_S = 0.25
 
 def _admin_token_from(args: argparse.Namespace) -> str | None:
     """A token the user chose, read from a file (a token in argv would be visible to every
-    user on the machine through /proc)."""
+    user on the machine through /proc), else Ray's (a KubeRay pod with token auth)."""
     if args.admin_token_file is None:
-        return None
+        return ray_auth_token()
     token = read_token(Path(args.admin_token_file).expanduser())
     if token is None:
         raise SwellError(f"--admin-token-file {args.admin_token_file} is missing or empty")
@@ -105,7 +106,16 @@ def _default_log_path(args: argparse.Namespace) -> Path:
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    address = f"http://{args.admin_host}:{args.admin_port}"
+    if args.block:
+        # In a container (a KubeRay head pod): swell is the process the container waits on,
+        # logs to its output, and drains on the SIGTERM Kubernetes sends.
+        return _cmd_serve_detached(args)
+    # Asked over loopback, where the token this user's instance leaves is found (an admin API
+    # on every interface, as on a Kubernetes head pod, answers there too).
+    local_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(
+        args.admin_host, args.admin_host
+    )
+    address = f"http://{local_host}:{args.admin_port}"
     chosen_token = _admin_token_from(args)
     try:
         api.fetch_status(address, chosen_token)
@@ -332,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="start a detached swell instance")
     _add_instance_options(start)
     start.add_argument("--log-file", help="where the instance logs (default: a temp file)")
+    start.add_argument(
+        "--block",
+        action="store_true",
+        help="serve in the foreground instead of detaching, logging to standard output "
+        "(for containers, like `ray start --block`); SIGTERM or SIGINT drains and stops it",
+    )
     start.set_defaults(handler=_cmd_start)
 
     serve = commands.add_parser("_serve", help=argparse.SUPPRESS)

@@ -340,6 +340,14 @@ class ServeConfig(_Strict):
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
     http_options: HTTPOptions = Field(default_factory=HTTPOptions)
     applications: list[ApplicationConfig] = Field(default_factory=list)
+    target_capacity: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Ray Serve's percentage of each deployment's replicas to run (KubeRay's "
+        "incremental upgrade sends it). swell accepts it and shows it in the status, but always "
+        "runs every replica (as at 100); a value below 100 is logged.",
+    )
 
     @model_validator(mode="after")
     def _apps_distinct(self) -> ServeConfig:

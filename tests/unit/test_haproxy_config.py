@@ -32,6 +32,7 @@ from swell._ingress.haproxy_config import (
     server_arguments,
 )
 from swell._ingress.haproxy_manager import find_haproxy_binary
+from swell._protocol import DRAINING_BACKEND
 from swell.config import HTTPOptions
 from swell.exceptions import HAProxyNotFoundError
 
@@ -161,8 +162,10 @@ def test_longest_prefix_first_and_root_is_default() -> None:
     ]
     # HAProxy's own paths are answered before any routing; nothing else under /-/ is kept
     # from the applications (a replica's control paths are on its control port).
-    own = [i for i, line in enumerate(front) if line.endswith(("/-/healthz }", "/-/routes }"))]
-    assert len(own) == 2 and max(own) < front.index(routing[0])
+    own = [
+        i for i, line in enumerate(front) if "swell_healthz" in line or line.endswith("/-/routes }")
+    ]
+    assert len(own) == 5 and max(own) < front.index(routing[0])
     assert not any("/-/swell" in line for line in front)
 
 
@@ -178,7 +181,7 @@ def test_routes_endpoint_lists_prefixes() -> None:
 def test_backends_sorted_by_app_name() -> None:
     config = rendered("nested_prefixes")
     names = [line.split()[1] for line in config.splitlines() if line.startswith("backend ")]
-    assert names == [NO_ROUTE_BACKEND, "app_api", "app_api_v2", "app_site"]
+    assert names == [NO_ROUTE_BACKEND, DRAINING_BACKEND, "app_api", "app_api_v2", "app_site"]
 
 
 def test_no_apps_routes_to_no_route_backend() -> None:
@@ -435,3 +438,35 @@ def test_wake_server_is_every_backends_backup() -> None:
         assert "server swell_wake 127.0.0.1:7001 backup" in backend_lines(config, name)
     # Without one (the default) no backup is rendered.
     assert "swell_wake" not in render(SETTINGS, [BackendEntry("a", "/")])
+
+
+def health_answers(config: str) -> list[str]:
+    """The /-/healthz rules, in order, as (status, body, condition) lines."""
+    return [line for line in frontend_lines(config) if "if swell_healthz" in line]
+
+
+def test_healthz_without_routes_says_so() -> None:
+    answers = health_answers(render(SETTINGS, []))
+    assert [a.split(" string ")[1] for a in answers] == [
+        '"draining" if swell_healthz { nbsrv(swell_draining) gt 0 }',
+        '"no routes yet" if swell_healthz',
+    ]
+
+
+def test_healthz_success_needs_a_usable_replica_in_any_backend() -> None:
+    backends = [BackendEntry("b", "/b"), BackendEntry("a", "/")]
+    draining, success, no_replicas = health_answers(render(SETTINGS, backends))
+    assert "status 503" in draining and '"draining"' in draining
+    assert success.split(" if ")[1] == (
+        "swell_healthz { nbsrv(app_a) gt 0 } { be_conn_free(app_a) ge 0 } || "
+        "swell_healthz { nbsrv(app_b) gt 0 } { be_conn_free(app_b) ge 0 }"
+    )
+    assert 'status 200 content-type text/plain string "success"' in success
+    assert no_replicas.endswith('string "no replicas yet" if swell_healthz')
+
+
+def test_draining_flag_is_rendered() -> None:
+    idle = backend_lines(render(SETTINGS, []), DRAINING_BACKEND)
+    stopping = backend_lines(render(SETTINGS, [], draining=True), DRAINING_BACKEND)
+    assert idle == ["server flag 127.0.0.1:9 disabled"]
+    assert stopping == ["server flag 127.0.0.1:9"]

@@ -1,7 +1,8 @@
 """The controller's admin REST API, with Ray Serve's paths and shapes.
 
 - ``GET /api/serve/applications/``: status and config of every app (what ``swell status``
-  prints).
+  prints). ``?api_type=declarative`` (what KubeRay sends) is accepted; swell does not filter
+  by it.
 - ``PUT /api/serve/applications/``: the whole config, declaratively: apps it lacks are removed.
   Answered once the schema is valid (400 otherwise); the deploy continues in the background
   and its progress shows in the GET.
@@ -42,6 +43,7 @@ from swell._protocol import (
 from swell.exceptions import ConfigError
 
 _MAX_CONFIG_BYTES = 16 << 20
+_API_TYPES = ("declarative", "imperative", "unknown")  # Ray Serve's values
 
 
 class AdminBackend(Protocol):
@@ -131,6 +133,11 @@ def build_admin_app(
 ) -> ASGIApp:
     async def applications(request: Request) -> Response:
         if request.method == "GET":
+            api_type = request.query_params.get("api_type")
+            if api_type is not None and api_type not in _API_TYPES:
+                return JSONResponse(
+                    {"error": f"api_type={api_type!r} is not one of {list(_API_TYPES)}"}, 400
+                )
             return JSONResponse(backend.status_document())
         if request.method == "DELETE":
             await backend.delete_all()

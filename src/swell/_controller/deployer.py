@@ -3,8 +3,10 @@
 A PUT is answered as soon as the config's schema is valid; importing the applications (in a
 fresh process) and applying them continue in the background, one deploy at a time, the newest
 config winning over one still waiting. Until it is applied the config's applications show as
-DEPLOYING, and if it cannot be imported, as DEPLOY_FAILED with the reason, while whatever was
-running keeps serving untouched. Putting the config already in force again changes nothing.
+DEPLOYING (NOT_STARTED for a new application while an earlier deploy still runs), and if it
+cannot be imported, as DEPLOY_FAILED with the reason, while whatever was running keeps serving
+untouched. Putting the config already in force again changes nothing: KubeRay re-PUTs its
+config whenever it is unsure, every 2 s.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class _PendingDeploy:
     route_prefixes: dict[str, str | None]
     submitted_at: float = field(default_factory=time.time)
     error: str | None = None
+    # Whether its turn came (the deploy before it finished).
+    started: bool = False
 
 
 async def prepare_in_subprocess(config: ServeConfig, work_dir: Path) -> Prepared:
@@ -109,6 +113,12 @@ class ConfigDeployer:
             return  # already on its way
         if pending is None and document == self.applied:
             return  # already in force
+        if config.target_capacity not in (None, 100):
+            logger.warning(
+                "target_capacity=%s: swell runs every replica whatever the target capacity "
+                "(it is shown in the status, not applied)",
+                config.target_capacity,
+            )
         self._generation += 1
         if self._preparing is not None:
             self._preparing.cancel()  # importing a config that is already out of date
@@ -124,6 +134,8 @@ class ConfigDeployer:
         async with self._lock:
             if generation != self._generation:
                 return  # a newer config arrived while this one waited
+            if self.pending is not None and self.pending.generation == generation:
+                self.pending.started = True
             self._preparing = asyncio.get_running_loop().create_task(
                 prepare_in_subprocess(config, self._work_dir), name=f"swell-prepare-{generation}"
             )
@@ -180,13 +192,23 @@ class ConfigDeployer:
                 await self._controller.delete_app(name)
             self.applied = None
 
+    def target_capacity(self) -> float | None:
+        """The target capacity of the newest config submitted (shown, not applied)."""
+        document = self.pending.document if self.pending is not None else self.applied
+        value = (document or {}).get("target_capacity")
+        return float(value) if value is not None else None
+
     def overlay(self, applications: dict[str, Any]) -> None:
-        """Show a config not yet applied: its apps DEPLOYING, or DEPLOY_FAILED with why."""
+        """Show a config not yet applied: its apps NOT_STARTED (new ones, waiting their turn)
+        or DEPLOYING, or DEPLOY_FAILED with why."""
         pending = self.pending
         if pending is None:
             return
         for name in pending.app_names:
-            if pending.error is None:
+            if pending.error is None and not pending.started and name not in applications:
+                status = "NOT_STARTED"
+                message = "waiting for the deploy in progress to finish"
+            elif pending.error is None:
                 status = "DEPLOYING"
                 message = "importing the config's applications"
             else:

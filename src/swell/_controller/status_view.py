@@ -26,6 +26,19 @@ _APP_STATUS = {
 }
 
 
+# A deployment's status as Ray Serve's REST API and KubeRay name them (UPDATING, HEALTHY,
+# UNHEALTHY): swell's DEPLOYING (first replicas starting) is Ray's UPDATING, and DEPLOY_FAILED
+# (replicas keep failing to start) is shown as UNHEALTHY with the reason in the message; the
+# application's status still says DEPLOY_FAILED.
+_SHOWN_DEPLOYMENT_STATUS = {
+    DeploymentStatus.DEPLOYING: "UPDATING",
+    DeploymentStatus.UPDATING: "UPDATING",
+    DeploymentStatus.HEALTHY: "HEALTHY",
+    DeploymentStatus.UNHEALTHY: "UNHEALTHY",
+    DeploymentStatus.DEPLOY_FAILED: "UNHEALTHY",
+}
+
+
 def app_status(app: AppRuntime) -> str:
     """RUNNING, DEPLOYING, UNHEALTHY, DEPLOY_FAILED or DELETING (Ray's names)."""
     if app.deleting:
@@ -42,7 +55,7 @@ def _deployment_document(app: AppRuntime, name: str) -> tuple[dict[str, Any], st
     shown = message if status is not DeploymentStatus.HEALTHY else ""
     document = {
         "name": name,
-        "status": status.value,
+        "status": _SHOWN_DEPLOYMENT_STATUS[status],
         "message": shown,
         "target_replicas": deployment.state.target,
         "replica_states": deployment.state.replica_counts(),

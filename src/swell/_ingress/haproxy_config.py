@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 
 from swell._protocol import (
     CONTROL_READY_PATH,
+    DRAINING_BACKEND,
+    DRAINING_FLAG,
+    INGRESS_DRAINING,
+    INGRESS_HEALTH_PATH,
+    INGRESS_HEALTHY,
+    INGRESS_NO_REPLICAS,
+    INGRESS_NO_ROUTES,
     NO_ROUTE_BACKEND,
     REQUEST_ID_HEADER,
     ROUTE_PREFIX_HEADER,
@@ -157,6 +164,40 @@ def _bind_line(settings: IngressSettings) -> str:
     return line
 
 
+def _text_answer(status: int, body: str, condition: str) -> str:
+    return (
+        f"    http-request return status {status} content-type text/plain "
+        f"string {_quoted(body)} if {condition}"
+    )
+
+
+def _health_rules(backends: list[BackendEntry]) -> list[str]:
+    """``/-/healthz``, answered by HAProxy from its own view of the servers.
+
+    An application can serve when its backend has a usable (up, not draining) replica. The
+    wake-up server is a backup, and ``nbsrv`` counts a backup when no replica is up, so a
+    replica is recognised by ``be_conn_free`` instead: replicas always have a ``maxconn``, so it
+    is >= 0 while one is usable, and -1 once only the unlimited wake-up server is left.
+    ``nbsrv`` > 0 still guards a backend without the wake-up server (there, 0 means none).
+    """
+    probe = "swell_healthz"
+    lines = [
+        f"    acl {probe} path {INGRESS_HEALTH_PATH}",
+        _text_answer(503, INGRESS_DRAINING, f"{probe} {{ nbsrv({DRAINING_BACKEND}) gt 0 }}"),
+    ]
+    if not backends:
+        return [*lines, _text_answer(503, INGRESS_NO_ROUTES, probe)]
+    live = " || ".join(
+        f"{probe} {{ nbsrv({b.name}) gt 0 }} {{ be_conn_free({b.name}) ge 0 }}"
+        for b in sorted(backends, key=lambda b: b.app_name)
+    )
+    return [
+        *lines,
+        _text_answer(200, INGRESS_HEALTHY, live),
+        _text_answer(503, INGRESS_NO_REPLICAS, probe),
+    ]
+
+
 def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[str]:
     routes = {b.route_prefix: b.app_name for b in sorted(backends, key=lambda b: b.route_prefix)}
     request_id = "var(txn.swell_request_id)"
@@ -178,8 +219,7 @@ def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[s
         f"{settings.max_body_bytes} }}",
         # A request the replica may have acted on is sent again only if it is idempotent.
         f"    http-request disable-l7-retry unless {_IDEMPOTENT}",
-        '    http-request return status 200 content-type text/plain string "ok" '
-        "if { path /-/healthz }",
+        *_health_rules(backends),
         "    http-request return status 200 content-type application/json string "
         f"{_quoted(json.dumps(routes, separators=(',', ':')))} if {{ path /-/routes }}",
     ]
@@ -193,8 +233,14 @@ def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[s
     return lines
 
 
-def render(settings: IngressSettings, backends: list[BackendEntry], generation: int = 1) -> str:
-    """The complete haproxy.cfg for these settings and applications."""
+def render(
+    settings: IngressSettings,
+    backends: list[BackendEntry],
+    generation: int = 1,
+    draining: bool = False,
+) -> str:
+    """The complete haproxy.cfg for these settings and applications; ``draining``: the node's
+    ingress is stopping, and its health check says so."""
     server_timeout = settings.request_timeout_s or 3600.0
     lines = [
         "# Written by swell; rewritten on every change of routes or servers. Do not edit.",
@@ -233,6 +279,10 @@ def render(settings: IngressSettings, backends: list[BackendEntry], generation: 
         f"backend {NO_ROUTE_BACKEND}",
         "    http-request return status 404 content-type text/plain string "
         '"No application is served at this path; GET /-/routes lists the routes."',
+        "",
+        f"backend {DRAINING_BACKEND}",
+        # Never connected to: only its state counts (see _health_rules).
+        f"    server {DRAINING_FLAG} 127.0.0.1:9" + ("" if draining else " disabled"),
     ]
     for backend in sorted(backends, key=lambda b: b.app_name):
         lines += [

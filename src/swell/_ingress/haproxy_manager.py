@@ -44,7 +44,7 @@ from swell._ingress.haproxy_runtime import (
 from swell._ingress.tls import build_bundle
 from swell._private_files import write_private
 from swell._procs import pid_alive
-from swell._protocol import WAKE_SERVER, backend_name
+from swell._protocol import DRAINING_BACKEND, DRAINING_FLAG, WAKE_SERVER, backend_name
 from swell._tasks import TaskOwner
 from swell.config import HTTPOptions
 from swell.exceptions import HAProxyError
@@ -118,6 +118,8 @@ class HAProxyManager:
         self._runtime_lock = asyncio.Lock()
         self._owner = TaskOwner(logger, "ingress")
         self._stopping = False
+        # Set once this node's ingress starts stopping: /-/healthz then answers "draining".
+        self._draining = False
 
     # State and status ---------------------------------------------------------------------
 
@@ -157,7 +159,12 @@ class HAProxyManager:
 
     def _write_config(self) -> None:
         """The file always holds the whole desired state: any start or reload begins there."""
-        text = render(self._settings, list(self._backends.values()), self._generation or 0)
+        text = render(
+            self._settings,
+            list(self._backends.values()),
+            self._generation or 0,
+            draining=self._draining,
+        )
         write_private(self._config_path, text.encode())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -285,6 +292,18 @@ class HAProxyManager:
                 logger.warning("HAProxy restarted (pid %s)", self.pid)
                 return
 
+    async def mark_draining(self) -> None:
+        """Tell health checks (KubeRay's probes, load balancers) that this node is going away,
+        before its replicas drain: ``/-/healthz`` answers 503 "draining" from now on."""
+        self._draining = True
+        self._write_config()  # a restart or reload meanwhile keeps saying so
+        if self._status is not IngressStatus.HEALTHY:
+            return
+        try:
+            await self.runtime.ready_server(DRAINING_BACKEND, DRAINING_FLAG)
+        except HAProxyError as error:
+            logger.warning("could not mark the ingress as draining: %s", error)
+
     async def stop(self) -> None:
         self._stopping = True
         await self._owner.cancel_all()
@@ -338,7 +357,14 @@ class HAProxyManager:
         worker loaded it (its generation), instead of signalling until the pid changes."""
         generation = (self._generation or 0) + 1
         candidate = self._config_path.with_suffix(".new")
-        candidate.write_text(render(self._settings, list(self._backends.values()), generation))
+        candidate.write_text(
+            render(
+                self._settings,
+                list(self._backends.values()),
+                generation,
+                draining=self._draining,
+            )
+        )
         problem = await asyncio.to_thread(check_config, self.binary, candidate)
         if problem is not None:
             candidate.unlink(missing_ok=True)

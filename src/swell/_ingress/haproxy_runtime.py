@@ -295,6 +295,14 @@ class HAProxyRuntime:
             return False  # idle pooled or finishing connections: removable soon
         raise HAProxyRefused(f"HAProxy refused 'del server {target}': {answer.strip()}")
 
+    async def ready_server(self, backend: str, name: str) -> None:
+        """Out of maintenance (a server without health checks: up at once)."""
+        command = f"set server {backend}/{name} state ready"
+        async with self.conversation() as session:
+            answer = await session.command(command)
+        if not _ok(answer):
+            raise HAProxyRefused(f"HAProxy refused {command!r}: {answer.strip()}")
+
     async def enable_server(self, backend: str, name: str, draining: bool) -> None:
         async with self.conversation() as session:
             await self._bring_to_state(session, f"{backend}/{name}", draining)
