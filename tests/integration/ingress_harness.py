@@ -111,7 +111,9 @@ class Upstream(ThreadingHTTPServer):
 class Ingress:
     """An HAProxyManager running on a loop thread, called synchronously from the test."""
 
-    def __init__(self, options: HTTPOptions, runtime_dir: Path) -> None:
+    def __init__(
+        self, options: HTTPOptions, runtime_dir: Path, wake_address: str | None = None
+    ) -> None:
         self.options = options
         self.port = options.port
         scheme = "https" if options.tls else "http"
@@ -122,12 +124,14 @@ class Ingress:
             target=self._loop.run_forever, name="ingress-test-loop", daemon=True
         )
         self._thread.start()
-        self.manager: HAProxyManager = self.call(self._make(options, runtime_dir))
+        self.manager: HAProxyManager = self.call(self._make(options, runtime_dir, wake_address))
         self.upstreams: list[Upstream] = []
 
     @staticmethod
-    async def _make(options: HTTPOptions, runtime_dir: Path) -> HAProxyManager:
-        return HAProxyManager(options, runtime_dir)
+    async def _make(
+        options: HTTPOptions, runtime_dir: Path, wake_address: str | None
+    ) -> HAProxyManager:
+        return HAProxyManager(options, runtime_dir, wake_address)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -153,11 +157,13 @@ class Ingress:
 
 
 @contextmanager
-def running_ingress(binary: str, runtime_dir: Path, **options: Any) -> Iterator[Ingress]:
+def running_ingress(
+    binary: str, runtime_dir: Path, wake_address: str | None = None, **options: Any
+) -> Iterator[Ingress]:
     """Start an ingress on a free port; stop it (and its stand-ins) whatever happens."""
     settings = HTTPOptions(port=free_port(), haproxy_binary=binary, **options)
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    ingress = Ingress(settings, runtime_dir)
+    ingress = Ingress(settings, runtime_dir, wake_address)
     try:
         ingress.call(ingress.manager.start())
         yield ingress

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.integration.conftest import children_of, free_port, pid_alive, wait_until
 
@@ -327,6 +328,30 @@ def test_only_schema_errors_are_refused_and_import_errors_show_later(head: Head)
     # The operator's next good config recovers it.
     operator.reconcile_until_ready(good, timeout_s=120)
     assert replica_ids(operator.get()) == running
+
+
+def test_swell_deploy_authenticates_like_the_deploy_job(head: Head, tmp_path: Path) -> None:
+    """hello-raycluster.yaml's Job: ``swell deploy`` given the cluster's token as
+    RAY_AUTH_MODE=token / RAY_AUTH_TOKEN (from KubeRay's Secret), nothing in argv."""
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(serve_config(version="v2", greeting="bonjour")))
+    elsewhere = tmp_path / "runtime"  # no local token file to fall back on
+    elsewhere.mkdir(mode=0o700)
+    base = {**os.environ, "XDG_RUNTIME_DIR": str(elsewhere)}
+    command = [sys.executable, "-m", "swell", "deploy", str(config), "--address", head.admin_url]
+
+    def deploy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
+        )
+
+    refused = deploy(base)
+    assert refused.returncode != 0 and "token" in refused.stderr, refused
+    job_env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head.token}
+    deployed = deploy(job_env)
+    assert deployed.returncode == 0, deployed.stderr
+    operator = FakeOperator(head.admin_url, head.token)
+    assert operator.ready(operator.get())
 
 
 def run_probe(port: int) -> subprocess.CompletedProcess[bytes]:

@@ -5,6 +5,7 @@ operator against a real instance)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from swell._controller.admin_api import build_admin_app
+from swell._controller.deployer import ConfigDeployer
 from swell._controller.deployment_state import FAILED_AFTER_ATTEMPTS, DeploymentState
 from swell._controller.status_view import applications_document
 from swell._ray_env import note_ignored_switches, ray_auth_token
@@ -107,3 +109,35 @@ def test_ray_serve_switches_are_accepted_and_noted(caplog: pytest.LogCaptureFixt
     assert present == ["RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED"]
     assert "accepted and ignored" in caplog.text
     assert note_ignored_switches({}) == []
+
+
+def _deployer() -> tuple[Any, list[Any]]:
+    spawned: list[Any] = []
+
+    def spawn(coroutine: Any, name: str) -> None:
+        coroutine.close()  # not run: the test looks at what is shown meanwhile
+        spawned.append(name)
+
+    return ConfigDeployer(SimpleNamespace(), Path("/nonexistent"), spawn), spawned  # type: ignore[arg-type]
+
+
+def test_a_config_waiting_its_turn_shows_its_new_apps_not_started() -> None:
+    deployer, spawned = _deployer()
+    config = ServeConfig(applications=[{"name": "new", "import_path": "m:app"}], target_capacity=50)
+    deployer.submit(config)
+    assert spawned == ["swell-deploy-1"]
+    applications: dict[str, Any] = {"old": {"name": "old", "deployments": {}}}
+    deployer.overlay(applications)
+    assert applications["new"]["status"] == "NOT_STARTED"
+    assert deployer.target_capacity() == 50
+
+    deployer.pending.started = True  # its turn came: importing
+    deployer.overlay(applications)
+    assert applications["new"]["status"] == "DEPLOYING"
+
+    deployer.submit(config)  # KubeRay's re-PUT of the same config: nothing new is started
+    assert spawned == ["swell-deploy-1"]
+    deployer.pending.error = "ImportError: m"
+    deployer.overlay(applications)
+    assert applications["new"]["status"] == "DEPLOY_FAILED"
+    assert "ImportError: m" in applications["new"]["message"]
