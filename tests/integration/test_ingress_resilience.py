@@ -122,6 +122,11 @@ def test_only_idempotent_requests_are_sent_again(serve: Swell, tmp_path: Path) -
     assert (answer.status_code, answer.json()) == (200, {"attempts": 2})
     assert len(get_marker.read_text().splitlines()) == 2
     wait_until(lambda: len(running_replicas()) == 2, 30, "the killed replica to be replaced")
+    # ...and gone from HAProxy: a POST sent on a pooled connection to the dead replica could
+    # not be told apart from one the replica got, so HAProxy would fail it without a try.
+    wait_until(
+        lambda: haproxy_servers() == set(running_replicas()), 30, "HAProxy to drop the dead one"
+    )
     # A POST is not: the replica may have acted on it before it died.
     post_marker = tmp_path / "post"
     try:

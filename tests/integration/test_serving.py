@@ -222,3 +222,39 @@ def test_shutdown_leaves_no_process_behind() -> None:
         swell.shutdown()
     # shutdown() returns only after everything it started has been reaped.
     assert [pid for pid in pids if pid_alive(pid)] == []
+
+
+@pytest.mark.parametrize("serve", haproxy_binaries(), indirect=True)
+def test_kept_alive_clients_lose_no_request_across_route_changes(serve: Swell) -> None:
+    """Each route change reloads HAProxy; a client reusing its connection must never find it
+    closed under a request (the old worker answers it, with Connection: close, instead)."""
+    swell.run(apps.whoami_app, name="root", route_prefix="/")
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=serve.url, timeout=30) as kept_alive:
+            while not stop.is_set():
+                try:
+                    response = kept_alive.get("/")
+                    if response.status_code != 200:
+                        failures.append(f"HTTP {response.status_code}")
+                except httpx.HTTPError as error:
+                    failures.append(type(error).__name__)
+                answered[0] += 1
+
+    workers = [threading.Thread(target=client) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        for round_ in range(4):
+            swell.run(apps.text_app, name="text", route_prefix=f"/text{round_}")
+            swell.delete("text")
+        seen = answered[0]
+        wait_until(lambda: answered[0] > seen + 20, 30, "requests after the last reload")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert failures == [], failures

@@ -271,6 +271,9 @@ def render(
         "    http-reuse always",
         # A client that goes away aborts its request at the replica too (cancelling work).
         "    option abortonclose",
+        # On a reload the old worker answers an idle keep-alive client's next request (with
+        # "Connection: close") instead of closing under it: no failed request per reload.
+        "    option idle-close-on-response",
         # Streamed chunks (tokens, SSE) go out as they come, not merged for ~200 ms.
         "    option http-no-delay",
         "",
