@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,9 +77,18 @@ def service(tmp_path: Path) -> Iterator[Service]:
         yield service
     finally:
         if pid_alive(pid):
-            started_pids = [pid, *descendants(pid)]
-            swell_cli("shutdown", "--address", service.address)
-            wait_until(lambda: not any(pid_alive(p) for p in started_pids), 30, "swell to stop")
+            stop_or_kill([pid, *descendants(pid)], service.address)
+
+
+def stop_or_kill(pids: list[int], address: str) -> None:
+    """`swell shutdown`; whatever is still alive after the deadline is killed by PID (these
+    are processes the test started), and the test fails for it."""
+    swell_cli("shutdown", "--address", address)
+    try:
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 30, "swell to stop")
+    finally:
+        for leftover in [p for p in pids if pid_alive(p)]:
+            os.kill(leftover, signal.SIGKILL)
 
 
 def write_config(path: Path, port: int, replicas: int = 2) -> Path:
@@ -280,8 +291,6 @@ def test_an_admin_api_on_every_interface_still_requires_the_token() -> None:
 
 
 def test_controller_killed_under_load_is_adopted_by_its_successor(tmp_path: Path) -> None:
-    import os
-    import signal
     import threading
 
     port, admin_port = free_port(), free_port()
@@ -341,6 +350,5 @@ def test_controller_killed_under_load_is_adopted_by_its_successor(tmp_path: Path
         stop.set()
         if worker.is_alive():
             worker.join(30)
-        swell_cli("shutdown", "--address", address)
-        wait_until(lambda: not any(pid_alive(p) for p in everything), 30, "everything to stop")
+        stop_or_kill(everything, address)
     assert counts["failed"] == 0, counts
