@@ -15,6 +15,7 @@ from swell.api import (
     start,
     status,
 )
+from swell.batching import batch
 from swell.config import AutoscalingConfig, DeploymentConfig, HTTPOptions
 from swell.deployment import Application, Deployment
 from swell.exceptions import (
@@ -56,6 +57,7 @@ __all__ = [
     "RequestTimeoutError",
     "SerializationError",
     "SwellError",
+    "batch",
     "delete",
     "deployment",
     "get_app_handle",

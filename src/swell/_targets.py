@@ -56,9 +56,9 @@ def code_version(
     return digest.hexdigest()[:12]
 
 
-def _as_handle(value: Any, app_name: str) -> Any:
+def _as_handle(value: Any, app_name: str, names: dict[int, str]) -> Any:
     if isinstance(value, Application):
-        return DeploymentHandle(value.ingress_name, app_name)
+        return DeploymentHandle(names.get(id(value.root), value.ingress_name), app_name)
     return value
 
 
@@ -70,6 +70,7 @@ def deployment_targets(
 ) -> list[DeploymentTarget]:
     """What the controller needs per deployment, with a config file's overrides applied."""
     nodes = app.walk()
+    names = app.unique_names()
     by_name = {o.name: o for o in overrides or []}
     unknown = sorted(set(by_name) - {node.deployment.name for node in nodes})
     if unknown:
@@ -89,8 +90,8 @@ def deployment_targets(
             config = validate_deployment_options(merged, f"deployment '{dep.name}' in the config")
         ref = reference_to(dep.func_or_class, dep)
         # Bound deployments passed as arguments arrive in the replica as handles.
-        args = tuple(_as_handle(value, app_name) for value in node.args)
-        kwargs = {key: _as_handle(value, app_name) for key, value in node.kwargs.items()}
+        args = tuple(_as_handle(value, app_name, names) for value in node.args)
+        kwargs = {key: _as_handle(value, app_name, names) for key, value in node.kwargs.items()}
         try:
             init_args = cloudpickle.dumps((args, kwargs))
         except Exception as error:

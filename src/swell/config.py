@@ -387,3 +387,19 @@ def validate_model(model: type[_Strict], options: dict[str, Any], where: str) ->
         return model(**options)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, where)) from None
+
+
+class BatchConfig(_Strict):
+    """``@swell.batch``'s options (Ray Serve's names and defaults)."""
+
+    max_batch_size: int = Field(
+        default=10, ge=1, description="Most calls in one batch (or most size, by batch_size_fn)."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01,
+        ge=0,
+        description="Seconds the oldest waiting call may wait for its batch to fill.",
+    )
+    max_concurrent_batches: int = Field(
+        default=1, ge=1, description="Batches that may run at the same time in one replica."
+    )

@@ -99,24 +99,45 @@ class Application:
     def ingress_name(self) -> str:
         return self._root.deployment.name
 
+    def unique_names(self) -> dict[int, str]:
+        """Each bound deployment's name in this application, by ``id()`` of its node.
+
+        Two different ``.bind()``s that share a name are renamed as Ray Serve does: the first
+        met from the ingress keeps it, later ones get ``_1``, ``_2``... (the ingress never
+        changes name). One node reached twice (a shared child) is one deployment.
+        """
+        names: dict[int, str] = {}
+        taken: set[str] = set()
+        queue = [self._root]
+        while queue:
+            node = queue.pop(0)
+            if id(node) in names:
+                continue
+            base = node.deployment.name
+            name, suffix = base, 0
+            while name in taken:
+                suffix += 1
+                name = f"{base}_{suffix}"
+            names[id(node)] = name
+            taken.add(name)
+            queue.extend(node.children())
+        return names
+
     def walk(self) -> list[BoundDeployment]:
-        """Every bound deployment, dependencies first; two different ones may not share a name."""
-        seen: dict[str, BoundDeployment] = {}
+        """Every bound deployment, dependencies first, under its unique name."""
+        names = self.unique_names()
+        seen: set[int] = set()
         order: list[BoundDeployment] = []
 
         def visit(node: BoundDeployment) -> None:
+            if id(node) in seen:
+                return
+            seen.add(id(node))
             for child in node.children():
                 visit(child)
-            existing = seen.get(node.deployment.name)
-            if existing is node:
-                return
-            if existing is not None:
-                raise ConfigError(
-                    f"Two deployments in one application are named "
-                    f"'{node.deployment.name}'; give one another name with "
-                    f".options(name=...)."
-                )
-            seen[node.deployment.name] = node
+            name = names[id(node)]
+            if name != node.deployment.name:
+                node = BoundDeployment(node.deployment.options(name=name), node.args, node.kwargs)
             order.append(node)
 
         visit(self._root)

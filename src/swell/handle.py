@@ -94,11 +94,40 @@ def _current_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
+def _has_response(value: Any) -> bool:
+    """Whether a DeploymentResponse is in ``value`` or in its lists, tuples and dicts."""
+    if isinstance(value, DeploymentResponse):
+        return True
+    if type(value) in _CONTAINERS:
+        items = value.values() if type(value) is dict else value
+        return any(_has_response(item) for item in items)
+    return False
+
+
 async def _resolve(value: Any) -> Any:
-    """A DeploymentResponse passed as an argument is awaited first: calls chain."""
+    """A DeploymentResponse passed as an argument is awaited first: calls chain. Those in
+    lists, tuples and dicts (``[resp_a, resp_b]``) are awaited too."""
     if isinstance(value, DeploymentResponse):
         return await value
+    if type(value) is dict:
+        return {key: await _resolve(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        resolved = [await _resolve(item) for item in value]
+        return resolved if type(value) is list else tuple(resolved)
     return value
+
+
+async def _resolve_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if not any(_has_response(v) for v in (*args, *kwargs.values())):
+        return args, kwargs
+    return tuple([await _resolve(a) for a in args]), {
+        k: await _resolve(v) for k, v in kwargs.items()
+    }
 
 
 class DeploymentResponse:
@@ -165,8 +194,7 @@ class DeploymentResponseGenerator:
 
     async def _open(self) -> AsyncIterator[Any]:
         if self._stream is None:
-            args = tuple([await _resolve(a) for a in self._args])
-            kwargs = {k: await _resolve(v) for k, v in self._kwargs.items()}
+            args, kwargs = await _resolve_arguments(self._args, self._kwargs)
             router = _router(self._handle.app_name, self._handle.deployment_name)
             self._stream = router.stream(
                 self._handle.method_name, args, kwargs, self._handle.timeout_s
@@ -280,9 +308,7 @@ class DeploymentHandle:
         return DeploymentResponse(future=asyncio.run_coroutine_threadsafe(coro, _background_loop()))
 
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if any(isinstance(v, DeploymentResponse) for v in (*args, *kwargs.values())):
-            args = tuple([await _resolve(a) for a in args])
-            kwargs = {k: await _resolve(v) for k, v in kwargs.items()}
+        args, kwargs = await _resolve_arguments(args, kwargs)
         router = _router(self.app_name, self.deployment_name)
         return await router.call(self.method_name, args, kwargs, self.timeout_s)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cloudpickle
 import pytest
 from fastapi import FastAPI
 
@@ -127,18 +128,32 @@ def test_walk_shared_child_appears_once() -> None:
     assert [node.deployment.name for node in app.walk()] == ["shared", "left", "right", "top"]
 
 
-def test_walk_duplicate_names() -> None:
+def test_walk_renames_two_binds_of_one_deployment_as_ray_does() -> None:
     dep = swell.deployment(Model)
-    app = dep.options(name="top").bind(dep.bind(1), dep.bind(2))
-    with pytest.raises(ConfigError, match=r"named 'Model'.*\.options\(name=\.\.\.\)"):
-        app.walk()
+    first, second = dep.bind(1), dep.bind(2)
+    app = dep.options(name="top").bind(first, second)
+    assert [node.deployment.name for node in app.walk()] == ["Model", "Model_1", "top"]
+    assert [node.args for node in app.walk()] == [(1,), (2,), (first, second)]
+    names = app.unique_names()
+    assert (names[id(first.root)], names[id(second.root)]) == ("Model", "Model_1")
 
 
-def test_walk_child_named_like_the_ingress() -> None:
+def test_walk_child_named_like_the_ingress_is_renamed_not_the_ingress() -> None:
     dep = swell.deployment(Model)
     app = dep.bind(dep.bind())
-    with pytest.raises(ConfigError, match="named 'Model'"):
-        app.walk()
+    assert [node.deployment.name for node in app.walk()] == ["Model_1", "Model"]
+    assert app.walk()[-1] is app.root
+
+
+def test_handles_point_at_renamed_deployments() -> None:
+    from swell._targets import deployment_targets
+
+    dep = swell.deployment(Model)
+    app = dep.options(name="top").bind(dep.bind(1), dep.bind(2))
+    targets = deployment_targets(app, "default")
+    assert [t.name for t in targets] == ["Model", "Model_1", "top"]
+    args, _ = cloudpickle.loads(targets[-1].init_args)
+    assert [handle.deployment_name for handle in args] == ["Model", "Model_1"]
 
 
 def test_bound_deployment_is_frozen() -> None:

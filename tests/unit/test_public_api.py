@@ -31,6 +31,7 @@ EXPECTED_ALL = [
     "RequestTimeoutError",
     "SerializationError",
     "SwellError",
+    "batch",
     "delete",
     "deployment",
     "get_app_handle",

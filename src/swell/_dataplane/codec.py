@@ -13,7 +13,8 @@ from typing import Any
 
 import cloudpickle
 
-from swell.exceptions import RemoteError, SerializationError
+from swell._dataplane.remote_error import remote_error
+from swell.exceptions import SerializationError
 
 OK = 0
 ERROR = 1
@@ -48,7 +49,7 @@ def encode_error(error: BaseException) -> bytes:
 
 
 def decode(data: bytes, method: str, replica_id: str) -> Any:
-    """The value, or raise the RemoteError the callee sent.
+    """The value, or raise the RemoteError the callee sent (also of the original's type).
 
     Raises SerializationError, naming the call, when ``data`` cannot be unpickled here.
     """
@@ -59,7 +60,7 @@ def decode(data: bytes, method: str, replica_id: str) -> Any:
         raise undecodable(what, error, "the caller's") from error
     if kind == ERROR:
         remote_type, message, formatted, cause = value
-        raise RemoteError(remote_type, message, formatted, _optional_loads(cause))
+        raise remote_error(remote_type, message, formatted, _optional_loads(cause))
     return value
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.responses import Response
 
+from swell._replica.jsonable import jsonable
+
 
 def to_response(result: Any) -> Response:
     """dict/list/number → JSON, str → text, bytes → octet-stream, a Response as it is."""
@@ -35,11 +37,16 @@ def encode_plain(result: Any) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
     if isinstance(result, bytes | bytearray | memoryview):
         return _BYTES_HEADERS, bytes(result)
     try:
-        body = json.dumps(result, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # ``default`` runs only for values json cannot encode itself: dicts, lists, numbers
+        # and strings take json's C path as before.
+        body = json.dumps(
+            result, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=jsonable
+        )
     except (TypeError, ValueError) as error:
         raise TypeError(
             f"Cannot turn a return value of type {type(result).__name__} into an HTTP "
-            f"response ({error}): return a dict, list, str, bytes or a starlette Response, "
-            "with JSON values only (no NaN or infinity)."
+            f"response ({error}): return a dict, list, str, bytes, a pydantic model, a "
+            "dataclass, a numpy value or a starlette Response, with JSON values only (no NaN "
+            "or infinity)."
         ) from error
     return _JSON_HEADERS, body.encode()

@@ -30,6 +30,19 @@ async def call_maybe_sync(
     return result
 
 
+def takes_arguments(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` (a function or bound method) accepts one positional argument."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True  # a builtin or C callable: assume it takes the request
+    try:
+        signature.bind(None)
+    except TypeError:
+        return False
+    return True
+
+
 class UserCallable:
     """Owns the user's instance (or function) and the optional lifecycle hooks.
 
@@ -47,6 +60,7 @@ class UserCallable:
         self.instance: Any = None
         self._entry: Callable[..., Any] | None = None
         self._entry_is_async = False
+        self._entry_takes_request = True
         self._work = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(4, max_ongoing), thread_name_prefix="swell-user"
         )
@@ -64,6 +78,7 @@ class UserCallable:
             self._entry = self._func_or_class
         # Decided once: inspecting the entry on every request is measurable at 10k req/s.
         self._entry_is_async = self._entry is not None and inspect.iscoroutinefunction(self._entry)
+        self._entry_takes_request = self._entry is None or takes_arguments(self._entry)
 
     async def reconfigure(self, user_config: Any) -> None:
         hook = getattr(self.instance, "reconfigure", None)
@@ -148,6 +163,8 @@ class UserCallable:
                 f"{type(self.instance).__name__} defines no __call__(self, request), so it "
                 "cannot answer HTTP requests; define one or use @swell.ingress(app)."
             )
+        # As Ray does, a handler with no parameters is called without the request.
+        args = (request,) if self._entry_takes_request else ()
         if self._entry_is_async:
-            return await self._entry(request)
-        return await call_maybe_sync(self._work, self._entry, request)
+            return await self._entry(*args)
+        return await call_maybe_sync(self._work, self._entry, *args)
