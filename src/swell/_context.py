@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from swell.schema import ReplicaRank
+
+
+class ReplicaID(str):
+    """A replica's id: the string swell shows everywhere, with Ray's ``unique_id`` too."""
+
+    __slots__ = ()
+
+    @property
+    def unique_id(self) -> str:
+        """The random part of the id, unique among the deployment's replicas."""
+        return self.rsplit("-", 1)[-1]
 
 
 @dataclass(frozen=True)
 class ReplicaContext:
-    """What ``swell.get_replica_context()`` returns inside a replica."""
+    """What ``swell.get_replica_context()`` returns inside a replica (constructor included).
+
+    ``rank`` (0 to ``world_size - 1``) is unique among the deployment's live replicas; a
+    replacement takes the rank of the one it replaces. ``world_size`` is the deployment's
+    target replica count when this replica started.
+    """
 
     app_name: str
     deployment: str
     replica_id: str
     servable_object: Any
+    rank: ReplicaRank = field(default_factory=lambda: ReplicaRank(0))
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "replica_id", ReplicaID(self.replica_id))
 
     @property
     def replica_tag(self) -> str:

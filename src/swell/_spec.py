@@ -9,6 +9,7 @@ from typing import Any
 
 import cloudpickle
 
+from swell._pickling import register_reducers
 from swell.config import DeploymentConfig
 
 
@@ -42,6 +43,7 @@ def reference_to(obj: Any, fallback: Any) -> CallableRef:
         # The attribute may be the decorated Deployment, or the one .options() started from.
         if target is fallback or target is obj or getattr(target, "func_or_class", None) is obj:
             return CallableRef(module=module_name, attribute=qualname)
+    register_reducers()  # e.g. a FastAPI app defined in __main__ travels with the class
     return CallableRef(pickled=cloudpickle.dumps(fallback))
 
 
@@ -68,6 +70,9 @@ class ReplicaSpec:
     working_dir: str | None = None
     # http_options.max_request_body_bytes, enforced by the replica for chunked bodies.
     max_request_body_bytes: int | None = None
+    # The replica's place among its deployment's replicas (ReplicaContext.rank, world_size).
+    rank: int = 0
+    world_size: int = 1
 
     def dumps(self) -> bytes:
         payload: bytes = cloudpickle.dumps(self)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from swell import _signals
+from swell import _local_testing, _signals
 from swell._admin_client import admin_request, fetch_status
 from swell._context import ReplicaContext
 from swell._context import get_replica_context as _get_replica_context
@@ -21,6 +21,7 @@ from swell._targets import deployment_targets, prepare_config
 from swell.config import (
     ControllerOptions,
     HTTPOptions,
+    LoggingConfig,
     RunOptions,
     ServeConfig,
     validate_deployment_options,
@@ -79,7 +80,11 @@ def deployment(
 
 
 def ingress(app: Any) -> Callable[[C], C]:
-    """Serve an ASGI app (a FastAPI app) from a class deployment; methods may be its routes."""
+    """Serve an ASGI app (a FastAPI app) from a class deployment; methods may be its routes.
+
+    ``app`` may also be a function without arguments that returns the app (as in Ray): it
+    is called in each replica.
+    """
 
     def wrap(cls: C) -> C:
         target = cls.func_or_class if isinstance(cls, Deployment) else cls
@@ -146,11 +151,15 @@ def run(
     blocking: bool = False,
     name: str = "default",
     route_prefix: str | None = "/",
+    logging_config: LoggingConfig | dict[str, Any] | None = None,
+    _local_testing_mode: bool = False,
 ) -> DeploymentHandle:
     """Deploy an application, wait until every deployment is healthy, return its handle.
 
     Raises DeploymentFailedError (with the replica's traceback) if its replicas keep failing
     to start. With ``blocking=True`` it then serves until SIGINT or SIGTERM, and shuts down.
+    ``_local_testing_mode=True`` (Ray's) constructs the deployments in this process instead,
+    for unit tests: no HTTP, handles call them directly.
     """
     if not isinstance(target, Application):
         hint = f" Call {target.name}.bind() first." if isinstance(target, Deployment) else ""
@@ -158,7 +167,10 @@ def run(
             f"swell.run() takes an Application (what .bind() returns), not "
             f"{type(target).__name__}.{hint}"
         )
-    options = validate_model(RunOptions, {"name": name, "route_prefix": route_prefix}, "run()")
+    settings = {"name": name, "route_prefix": route_prefix, "logging_config": logging_config}
+    options = validate_model(RunOptions, settings, "run()")
+    if _local_testing_mode:
+        return DeploymentHandle(_local_testing.run_local(target, options.name), options.name)
     _deploy_and_wait([(options, deployment_targets(target, options.name))])
     if blocking:
         _serve_until_signalled()
@@ -167,6 +179,9 @@ def run(
 
 def get_app_handle(name: str) -> DeploymentHandle:
     """A handle to an application's ingress deployment."""
+    local = _local_testing.ingress_of(name)
+    if local is not None:
+        return DeploymentHandle(local, name)
     instance = _require_instance()
 
     async def ingress_of(controller: Controller) -> str | None:
@@ -246,6 +261,8 @@ def _require_instance() -> SwellInstance:
 
 def delete(name: str) -> None:
     """Drain and remove one application; the others keep serving."""
+    if _local_testing.delete_local(name):
+        return
     instance = _require_instance()
 
     async def remove(controller: Controller) -> None:
@@ -257,6 +274,7 @@ def delete(name: str) -> None:
 def shutdown() -> None:
     """Stop every application, every replica and HAProxy."""
     global _instance
+    _local_testing.shutdown_local()
     with _instance_lock:
         instance, _instance = _instance, None
     if instance is not None:

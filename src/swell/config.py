@@ -50,6 +50,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LoggingConfig(_Strict):
+    """Ray Serve's logging options (``logging_config``), accepted and validated.
+
+    swell's replicas log as text to their stderr, which swell collects; these fields are
+    checked so a Ray config is accepted as it is, but do not change swell's logging yet.
+    """
+
+    encoding: Literal["TEXT", "JSON"] = "TEXT"
+    log_level: int | str = "INFO"
+    logs_dir: str | None = None
+    enable_access_log: bool = True
+    additional_log_standard_attrs: list[str] = Field(default_factory=list)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {list(_LOG_LEVELS)} or a logging level number")
+        return value.upper() if isinstance(value, str) else value
+
+
+def _renamed(values: Any, old: str, new: str, where: str) -> Any:
+    """Accept Ray Serve's older name for an option, once, and never both names together."""
+    if isinstance(values, dict) and old in values:
+        if new in values:
+            raise ValueError(f"{where}: set {new} only ({old} is its old name)")
+        values = {**values}
+        values[new] = values.pop(old)
+    return values
+
+
 class AutoscalingConfig(_Strict):
     """How a deployment scales with load (applied by the autoscaler)."""
 
@@ -63,6 +97,16 @@ class AutoscalingConfig(_Strict):
     downscaling_factor: float | None = Field(default=None, gt=0)
     look_back_period_s: float = Field(default=30.0, gt=0)
     metrics_interval_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, values: Any) -> Any:
+        return _renamed(
+            values,
+            "target_num_ongoing_requests_per_replica",
+            "target_ongoing_requests",
+            "autoscaling_config",
+        )
 
     @model_validator(mode="after")
     def _bounds_are_ordered(self) -> AutoscalingConfig:
@@ -110,6 +154,12 @@ class DeploymentConfig(_Strict):
     )
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     autoscaling_config: AutoscalingConfig | None = None
+    logging_config: LoggingConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, values: Any) -> Any:
+        return _renamed(values, "max_concurrent_queries", "max_ongoing_requests", "deployment")
 
     @field_validator("name")
     @classmethod
@@ -279,6 +329,7 @@ class RunOptions(_Strict):
 
     name: str = "default"
     route_prefix: str | None = "/"
+    logging_config: LoggingConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -339,6 +390,7 @@ class ServeConfig(_Strict):
 
     proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
     http_options: HTTPOptions = Field(default_factory=HTTPOptions)
+    logging_config: LoggingConfig | None = None
     applications: list[ApplicationConfig] = Field(default_factory=list)
     target_capacity: float | None = Field(
         default=None,

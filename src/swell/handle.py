@@ -20,6 +20,7 @@ import weakref
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import Any
 
+from swell import _local_testing
 from swell._dataplane.router import ClusterContext, Router
 from swell.exceptions import ConfigError, RequestTimeoutError
 
@@ -77,7 +78,10 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _background
 
 
-def _router(app_name: str, deployment: str) -> Router:
+def _router(app_name: str, deployment: str) -> Router | _local_testing.LocalRouter:
+    local = _local_testing.router_for(app_name, deployment)
+    if local is not None:
+        return local
     loop = asyncio.get_running_loop()
     routers = _routers.setdefault(loop, {})
     router = routers.get((app_name, deployment))
@@ -276,12 +280,16 @@ class DeploymentHandle:
         method_name: str | None = None,
         stream: bool | None = None,
         timeout_s: float | None = None,
+        _by_reference: bool | None = None,
         **unsupported: Any,
     ) -> DeploymentHandle:
+        """A copy with some options changed. ``_by_reference`` is Ray's; swell accepts it and
+        always calls replicas directly (there is no object store to pass references through).
+        """
         if unsupported:
             raise TypeError(
                 f"DeploymentHandle.options() got unsupported option(s) {sorted(unsupported)}; "
-                "swell supports method_name, stream and timeout_s."
+                "swell supports method_name, stream and timeout_s (and accepts _by_reference)."
             )
         return DeploymentHandle(
             self.deployment_name,
@@ -298,7 +306,8 @@ class DeploymentHandle:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start the call now; returns a DeploymentResponse (or a generator with stream=True)."""
-        _require_cluster()
+        if _local_testing.router_for(self.app_name, self.deployment_name) is None:
+            _require_cluster()
         if self.stream:
             return DeploymentResponseGenerator(self, args, kwargs)
         coro = self._call(args, kwargs)

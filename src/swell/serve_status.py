@@ -24,6 +24,7 @@ class DeploymentStatusOverview:
     target_replicas: int
     replica_states: dict[str, int]
     replicas: list[ReplicaStatus]
+    status_trigger: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ApplicationStatusOverview:
     message: str
     route_prefix: str | None
     deployments: dict[str, DeploymentStatusOverview]
+    last_deployed_time_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ServeStatus:
     applications: dict[str, ApplicationStatusOverview]
     proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    target_capacity: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeStatus:
@@ -53,6 +56,7 @@ class ServeStatus:
                     target_replicas=dep.get("target_replicas", 0),
                     replica_states=dict(dep.get("replica_states", {})),
                     replicas=[ReplicaStatus(**r) for r in dep.get("replicas", [])],
+                    status_trigger=dep.get("status_trigger", ""),
                 )
                 for dname, dep in app.get("deployments", {}).items()
             }
@@ -62,5 +66,11 @@ class ServeStatus:
                 message=app.get("message", ""),
                 route_prefix=app.get("route_prefix"),
                 deployments=deployments,
+                last_deployed_time_s=app.get("last_deployed_time_s") or 0.0,
             )
-        return cls(applications=applications, proxies=data.get("proxies", {}), raw=data)
+        return cls(
+            applications=applications,
+            proxies=data.get("proxies", {}),
+            raw=data,
+            target_capacity=data.get("target_capacity"),
+        )

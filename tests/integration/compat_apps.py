@@ -102,3 +102,46 @@ class Summer:
 
 
 summer_app = Summer.bind(Adder.bind(1), Adder.bind(10))
+
+
+@serve.deployment(num_replicas=2)
+class Ranked:
+    """Ray's replica-rank example: a parameterless handler reading the replica context."""
+
+    def __init__(self) -> None:
+        self.rank_at_start = serve.get_replica_context().rank.rank  # in the constructor too
+
+    def __call__(self) -> dict[str, Any]:
+        context = serve.get_replica_context()
+        return {
+            "rank": context.rank.rank,
+            "rank_at_start": self.rank_at_start,
+            "world_size": context.world_size,
+            "unique_id": context.replica_id.unique_id,  # type: ignore[attr-defined]
+            "replica_id": context.replica_id,
+        }
+
+
+ranked_app = Ranked.bind()
+
+
+def build_fastapi_app() -> Any:
+    """An ingress factory: Ray calls it in each replica to build the app."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/built")
+    def built() -> dict[str, str]:
+        return {"built": "in the replica"}
+
+    return app
+
+
+@serve.deployment
+@serve.ingress(build_fastapi_app)
+class FactoryIngress:
+    pass
+
+
+factory_app = FactoryIngress.bind()

@@ -62,3 +62,21 @@ def test_two_binds_are_renamed_and_responses_in_lists_are_resolved(serve: Swell)
     }
     deployments = swell.status().applications["default"].deployments
     assert sorted(deployments) == ["Adder", "Adder_1", "Summer"]
+
+
+def test_replica_ranks_world_size_and_ingress_factories(serve: Swell) -> None:
+    swell.run(compat_apps.ranked_app, name="ranked", route_prefix="/ranked")
+    swell.run(compat_apps.factory_app)
+    replicas = swell.status().applications["ranked"].deployments["Ranked"].replicas
+    answers: dict[str, dict[str, object]] = {}
+    for _ in range(200):
+        body = serve.client.get("/ranked").json()
+        answers[str(body["replica_id"])] = body
+        if len(answers) == len(replicas):
+            break
+    assert sorted(answers) == sorted(r.replica_id for r in replicas)
+    assert sorted(a["rank"] for a in answers.values()) == [0, 1]
+    assert all(a["rank"] == a["rank_at_start"] for a in answers.values())
+    assert {a["world_size"] for a in answers.values()} == {2}
+    assert all(str(a["replica_id"]).endswith(str(a["unique_id"])) for a in answers.values())
+    assert serve.client.get("/built").json() == {"built": "in the replica"}

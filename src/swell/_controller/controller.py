@@ -334,6 +334,8 @@ class Controller:
             env_vars=target.env_vars,
             working_dir=target.working_dir,
             max_request_body_bytes=self._max_request_body_bytes,
+            rank=deployment.next_rank(replica_id),
+            world_size=max(deployment.state.target, 1),
         )
         deployment.state.on_started(replica_id, self._clock())
         deployment.starting[replica_id] = self._spawn(

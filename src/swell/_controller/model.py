@@ -49,6 +49,16 @@ class DeploymentRuntime:
     # the ingress's wake-up server and callers' routers report them.
     waiting: int = 0
     demand_until: float = 0.0
+    # Replica id -> rank (ReplicaContext.rank): the lowest rank no live replica holds.
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    def next_rank(self, replica_id: str) -> int:
+        """Give ``replica_id`` the lowest rank that no replica still in the state holds."""
+        self.ranks = {r: n for r, n in self.ranks.items() if r in self.state.replicas}
+        taken = set(self.ranks.values())
+        rank = next(n for n in range(len(taken) + 1) if n not in taken)
+        self.ranks[replica_id] = rank
+        return rank
 
     @classmethod
     def create(cls, target: DeploymentTarget) -> DeploymentRuntime:

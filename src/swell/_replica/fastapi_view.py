@@ -12,6 +12,21 @@ import inspect
 from typing import Any
 
 
+def resolve_ingress_app(app_or_factory: Any) -> Any:
+    """The ASGI app: ``@ingress`` takes an app or, as Ray does, a function that builds one.
+
+    A function taking no arguments is a factory, called once in the replica (so the app is
+    built where it serves and never pickled); an ASGI app takes (scope, receive, send).
+    """
+    if inspect.isfunction(app_or_factory):
+        try:
+            inspect.signature(app_or_factory).bind()
+        except TypeError:
+            return app_or_factory  # a plain ASGI function
+        return app_or_factory()
+    return app_or_factory
+
+
 def _is_method_of(endpoint: Any, cls: type) -> bool:
     name = getattr(endpoint, "__name__", "")
     return any(vars(klass).get(name) is endpoint for klass in cls.__mro__)

@@ -8,6 +8,7 @@ go back as JSON lines on the inherited EVENTS_FD pipe, so user prints cannot gar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -40,24 +41,32 @@ async def _serve(spec: Any, events_fd: int) -> int:
     from swell._dataplane.service import ReplicaService
     from swell._dataplane.service import start_server as start_dataplane
     from swell._dataplane.service import stop_server as stop_dataplane
-    from swell._replica.fastapi_view import bind_routes_to_instance
+    from swell._replica.fastapi_view import bind_routes_to_instance, resolve_ingress_app
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
     from swell.deployment import Deployment
     from swell.handle import set_cluster_context
+    from swell.schema import ReplicaRank
 
     set_cluster_context(ClusterContext(spec.controller_url, spec.cluster_token))
     try:
         loaded = spec.deployment_ref.load()
         target = loaded.func_or_class if isinstance(loaded, Deployment) else loaded
-        ingress_app = getattr(target, "__swell_ingress_app__", None)
+        ingress_app = resolve_ingress_app(getattr(target, "__swell_ingress_app__", None))
         is_class = isinstance(target, type)
         user = UserCallable(target, is_class, spec.config.max_ongoing_requests)
         args, kwargs = cloudpickle.loads(spec.init_args)
-        await user.construct(args, kwargs)
-        set_replica_context(
-            ReplicaContext(spec.app_name, spec.deployment_name, spec.replica_id, user.instance)
+        context = ReplicaContext(
+            spec.app_name,
+            spec.deployment_name,
+            spec.replica_id,
+            None,
+            rank=ReplicaRank(spec.rank, 0, spec.rank),
+            world_size=spec.world_size,
         )
+        set_replica_context(context)  # constructors may ask for it too, as in Ray
+        await user.construct(args, kwargs)
+        set_replica_context(dataclasses.replace(context, servable_object=user.instance))
         if spec.config.user_config is not None:
             await user.reconfigure(spec.config.user_config)
         await asyncio.wait_for(user.check_health(), spec.config.health_check_timeout_s)
