@@ -313,7 +313,7 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--address", default=_DEFAULT_ADDRESS, help="admin API address (%(default)s)"
+        "-a", "--address", default=_DEFAULT_ADDRESS, help="admin API address (%(default)s)"
     )
     parser.add_argument(
         "--token-file",
@@ -380,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="write a config file for applications")
     build.add_argument("import_paths", nargs="+", help="module:attribute of each Application")
-    build.add_argument("-o", "--output", help="file to write (default: standard output)")
+    build.add_argument(
+        "-o", "--output", "--output-path", help="file to write (default: standard output)"
+    )
     build.set_defaults(handler=_cmd_build)
     return parser
 

@@ -199,3 +199,13 @@ def test_ingress_factories_are_called_and_asgi_functions_kept() -> None:
     assert resolve_ingress_app(asgi) is asgi
     assert resolve_ingress_app(sentinel) is sentinel
     assert resolve_ingress_app(None) is None
+
+
+def test_cli_takes_rays_short_address_and_output_path() -> None:
+    from swell.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["status", "-a", "http://10.0.0.1:8265"]).address == (
+        "http://10.0.0.1:8265"
+    )
+    assert parser.parse_args(["build", "m:app", "--output-path", "c.yaml"]).output == "c.yaml"
