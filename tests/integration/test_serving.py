@@ -34,7 +34,7 @@ def test_both_replicas_answer_behind_each_haproxy(serve: Swell) -> None:
         assert body["message"] == "Hello?"
         seen.add(body["replica"])
     assert len(seen) == 2
-    assert serve.client.get("/-/healthz").text == "ok"
+    assert serve.client.get("/-/healthz").text == "success"
     assert serve.client.get("/-/routes").json() == {"/": "default"}
     # The replicas' control paths are not on the user port: the user's code answers them.
     assert serve.client.get("/-/swell/stats").json()["message"] == "Hello?"
