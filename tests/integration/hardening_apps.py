@@ -113,3 +113,21 @@ busy_sync_app = BusySync.bind()
 
 def spawning_app(args: dict[str, str]) -> swell.Application:
     return SpawnsAWorker.bind(args["marks"])
+
+
+@swell.deployment(num_replicas=3, ray_actor_options={"num_gpus": 0.5})
+class HalfAGpu:
+    """Says which GPUs it was given."""
+
+    async def __call__(self, request: Request) -> str:
+        import os
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def devices(self) -> str:
+        import os
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+half_a_gpu_app = HalfAGpu.bind()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from swell._engines.base import ReadyInfo, ReplicaStartupError
+from swell._engines.local_resources import DoesNotFit, Machine, ResourcePool, this_machine
 from swell._procs import kill_group, process_start_time, same_process, wait_for_exit
 from swell._spec import ReplicaSpec
 
@@ -167,22 +168,31 @@ def _optional_int(value: object) -> int | None:
 class LocalEngine:
     """Starts replicas as ``python -m swell._replica.main`` processes in their own session."""
 
-    def __init__(self) -> None:
+    def __init__(self, machine: Machine | None = None) -> None:
         self._replicas: dict[str, _ProcessReplica] = {}
+        # CPUs, memory and GPUs are reserved per replica from ray_actor_options, as Ray would.
+        self._resources = ResourcePool(machine or this_machine())
 
     async def start_replica(self, spec: ReplicaSpec) -> LocalReplica:
+        try:
+            assignment = self._resources.reserve(spec.replica_id, spec.config.ray_actor_options)
+        except DoesNotFit as error:
+            raise ReplicaStartupError(str(error)) from None
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "swell._replica.main", str(write_fd)],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
-                env={**os.environ, **spec.env_vars},
+                env={**os.environ, **spec.env_vars, **assignment.env()},
                 cwd=spec.working_dir,
                 # Own session and process group: a terminal's Ctrl-C reaches the controller,
                 # which stops replicas in order, and a stop can end the replica's whole group.
                 start_new_session=True,
             )
+        except BaseException:
+            self._resources.release(spec.replica_id)
+            raise
         finally:
             os.close(write_fd)
         assert process.stdin is not None
@@ -216,6 +226,7 @@ class LocalEngine:
         async def forget() -> None:
             await replica._exited.wait()
             self._replicas.pop(replica.replica_id, None)
+            self._resources.release(replica.replica_id)
 
         asyncio.get_running_loop().create_task(
             forget(), name=f"swell-replica-reap-{replica.replica_id}"
