@@ -17,12 +17,12 @@ import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
 from swell._controller.admin_api import allowed_hosts, build_admin_app
-from swell._controller.controller import Controller
+from swell._controller.controller import Controller, IngressManager
 from swell._controller.deployer import ConfigDeployer, Prepared
 from swell._controller.store import Checkpoint
 from swell._controller.wake import WakeServer
@@ -43,6 +43,11 @@ from swell.config import ControllerOptions, HTTPOptions, ServeConfig, validate_m
 from swell.exceptions import ConfigError
 from swell.handle import close_routers, set_cluster_context
 
+if TYPE_CHECKING:
+    from swell._engines.base import Engine
+    from swell._ray.cluster import RayConnection
+    from swell._ray.ingress import ProxyFleet
+
 T = TypeVar("T")
 
 _START_DEADLINE_S = 60.0
@@ -51,7 +56,7 @@ _STATE_TOKEN_NAME = "admin.token"
 
 
 def _serve_quietly(
-    app: Any, sock: socket.socket, name: str
+    app: Any, sock: socket.socket | list[socket.socket], name: str
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Serve an internal ASGI app on this loop (uvicorn leaves signals alone off the main
     thread); open long-polls and cold requests are not waited out at shutdown."""
@@ -64,7 +69,8 @@ def _serve_quietly(
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name=name)
+    sockets = sock if isinstance(sock, list) else [sock]
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets), name=name)
     return server, task
 
 
@@ -110,6 +116,11 @@ class SwellInstance:
         self.controller: Controller | None = None
         self.deployer: ConfigDeployer | None = None
         self.ingress: HAProxyManager | None = None
+        # On a Ray cluster (controller_options.address): every node's HAProxy, and the link.
+        self.fleet: ProxyFleet | None = None
+        self._ray: RayConnection | None = None
+        # Where replicas and other nodes reach this process (the node's IP on Ray).
+        self._cluster_host = "127.0.0.1"
         self.admin_port: int | None = None
         self.admin_token = controller_options.admin_token or ""
         self.token_file: Path | None = None
@@ -118,12 +129,24 @@ class SwellInstance:
     # Called from the user's thread --------------------------------------------------------
 
     def start(self) -> None:
+        if self.controller_options.address is not None:
+            # On the caller's thread: ray.init wants the main thread where there is one.
+            from swell._ray.cluster import connect
+
+            self._ray = connect(self.controller_options.address)
+            self._cluster_host = self._ray.node_ip
         self._thread.start()
         if not self._started.wait(_START_DEADLINE_S):
             raise TimeoutError(f"swell did not start within {_START_DEADLINE_S}s")
         if self._start_error is not None:
             self._thread.join(_STOP_DEADLINE_S)
+            self._disconnect()
             raise self._start_error
+
+    def _disconnect(self) -> None:
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
 
     def call(self, make: Callable[[Controller], Coroutine[Any, Any, T]], timeout: float) -> T:
         """Run a coroutine on the controller's loop and wait for its result."""
@@ -158,15 +181,16 @@ class SwellInstance:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(_STOP_DEADLINE_S)
+        self._disconnect()
 
     # On the controller's thread: the admin API's backend ---------------------------------
 
     def status_document(self) -> dict[str, Any]:
-        controller, ingress, deployer = self.controller, self.ingress, self.deployer
-        assert controller is not None and ingress is not None and deployer is not None
+        controller, deployer = self.controller, self.deployer
+        assert controller is not None and deployer is not None
         status = controller.status()
         deployer.overlay(status["applications"])
-        status["proxies"] = {socket.gethostname(): ingress.describe()}
+        status["proxies"] = self._proxies_document()
         status["http_options"] = self.http_options.model_dump(mode="json")
         status["admin_port"] = self.admin_port
         status["deployed_config"] = deployer.applied
@@ -174,6 +198,13 @@ class SwellInstance:
         status["deploy_mode"] = "MULTI_APP"
         status["target_capacity"] = deployer.target_capacity()
         return status
+
+    def _proxies_document(self) -> dict[str, Any]:
+        if self.fleet is not None:
+            return self.fleet.proxy_statuses()
+        ingress = self.ingress
+        assert ingress is not None
+        return {socket.gethostname(): ingress.describe()}
 
     def note_demand(self, app_name: str, deployment: str) -> bool:
         assert self.controller is not None
@@ -195,8 +226,17 @@ class SwellInstance:
             raise ConfigError("the config must be a JSON object (serveConfigV2's fields)")
         config: ServeConfig = validate_model(ServeConfig, document, "config")
         self._check_http_options(config.http_options)
+        self._check_proxy_location(config)
         assert self.deployer is not None
         self.deployer.submit(config)
+
+    def _check_proxy_location(self, config: ServeConfig) -> None:
+        running = self.controller_options.proxy_location
+        if "proxy_location" in config.model_fields_set and config.proxy_location != running:
+            raise ConfigError(
+                f"proxy_location={config.proxy_location!r} differs from the running instance's "
+                f"{running!r}; it applies when swell starts: restart it to change it."
+            )
 
     def _check_http_options(self, wanted: HTTPOptions) -> None:
         """HTTP options apply when swell starts; a PUT may repeat them, not change them."""
@@ -271,16 +311,27 @@ class SwellInstance:
         self.admin_token = self.admin_token or new_token()
         wake_server, wake_task, wake_address = await self._start_wake_server()
         self._wake = (wake_server, wake_task)
-        engine = LocalEngine()
-        self.ingress = HAProxyManager(
-            self.http_options,
-            work_dir,
-            wake_address,
-            survive_controller=checkpoint is not None,
-        )
+        engine: Engine
+        ingress: IngressManager
+        if self._ray is not None:
+            from swell._engines.ray import RayEngine
+            from swell._ray.ingress import ProxyFleet
+
+            engine = RayEngine()
+            ingress = self.fleet = ProxyFleet(
+                self.http_options, wake_address, self.controller_options.proxy_location
+            )
+        else:
+            engine = LocalEngine()
+            ingress = self.ingress = HAProxyManager(
+                self.http_options,
+                work_dir,
+                wake_address,
+                survive_controller=checkpoint is not None,
+            )
         self.controller = Controller(
             engine,
-            self.ingress,
+            ingress,
             list(sys.path),
             cluster_token=saved["token"] if saved else None,
             survive_controller=checkpoint is not None,
@@ -289,7 +340,11 @@ class SwellInstance:
         self.deployer = ConfigDeployer(self.controller, work_dir, self.controller._spawn)
         if saved is not None:
             self.deployer.applied = saved.get("applied_config")
-        await self._bring_up_ingress(saved, engine, wake_address)
+        if self.fleet is not None:
+            await self.fleet.start()
+        else:
+            assert isinstance(engine, LocalEngine)
+            await self._bring_up_ingress(saved, engine, wake_address)
         if checkpoint is not None:
             snapshot_of = self._snapshot
             self.controller.checkpoint = lambda: checkpoint.save(snapshot_of())
@@ -303,6 +358,8 @@ class SwellInstance:
             await self.controller.shutdown()
         if self.ingress is not None:
             await self.ingress.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         if checkpoint is not None:
             checkpoint.clear()
         if scratch is not None:
@@ -348,8 +405,9 @@ class SwellInstance:
     async def _start_wake_server(self) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
         """The backup server HAProxy uses while an app has no replica (scale from zero)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        # Every node's HAProxy must reach it: on Ray it listens on this node's IP.
+        sock.bind((self._cluster_host, 0))
+        address = f"{self._cluster_host}:{sock.getsockname()[1]}"
         app = WakeServer(_LateController(self), self.http_options.queue_timeout_s)
         server, task = _serve_quietly(app, sock, "swell-wake-server")
         return server, task, address
@@ -364,15 +422,24 @@ class SwellInstance:
         sock.bind((options.admin_host, options.admin_port))
         self.admin_port = sock.getsockname()[1]
         self._publish_token_file()
-        app = build_admin_app(
-            self,
-            self.admin_token,
-            controller.cluster_token,
-            allowed_hosts(options.admin_host, self.admin_port),
-        )
+        hosts = allowed_hosts(options.admin_host, self.admin_port)
+        sockets = [sock]
         controller.controller_url = f"http://{_loopback_for(options.admin_host)}:{self.admin_port}"
+        if self._ray is not None and options.admin_host not in ("0.0.0.0", "::", ""):
+            # Routers in replicas on every node watch replica sets here: the same app (the
+            # same tokens) on this node's IP as well.
+            cluster_sock = socket.socket(
+                socket.AF_INET6 if ":" in self._cluster_host else socket.AF_INET
+            )
+            cluster_sock.bind((self._cluster_host, 0))
+            cluster_port = cluster_sock.getsockname()[1]
+            sockets.append(cluster_sock)
+            cluster_hosts = allowed_hosts(self._cluster_host, cluster_port)
+            hosts = None if hosts is None or cluster_hosts is None else hosts | cluster_hosts
+            controller.controller_url = f"http://{self._cluster_host}:{cluster_port}"
+        app = build_admin_app(self, self.admin_token, controller.cluster_token, hosts)
         set_cluster_context(ClusterContext(controller.controller_url, controller.cluster_token))
-        return _serve_quietly(app, sock, "swell-admin-api")
+        return _serve_quietly(app, sockets, "swell-admin-api")
 
     def _publish_token_file(self) -> None:
         """Leave the admin token where this user's CLI finds it (0600 in a 0700 directory)."""

@@ -22,6 +22,7 @@ from swell.config import (
     ControllerOptions,
     HTTPOptions,
     LoggingConfig,
+    ProxyLocation,
     RunOptions,
     ServeConfig,
     validate_deployment_options,
@@ -110,11 +111,15 @@ def start(
     admin_port: int | None = None,
     admin_token: str | None = None,
     state_dir: str | None = None,
+    address: str | None = None,
+    proxy_location: ProxyLocation | None = None,
 ) -> None:
     """Start swell in this process (HAProxy, controller, admin API) if it is not running.
 
     With ``state_dir`` the controller checkpoints there, and a later start on the same
-    directory adopts the HAProxy and replicas a killed controller left running.
+    directory adopts the HAProxy and replicas a killed controller left running. With
+    ``address`` ("auto", or a Ray cluster's address) replicas run as actors on that Ray
+    cluster and ``proxy_location`` says which of its nodes get an HAProxy.
     """
     global _instance
     with _instance_lock:
@@ -135,6 +140,10 @@ def start(
             controller_settings["admin_token"] = admin_token
         if state_dir is not None:
             controller_settings["state_dir"] = state_dir
+        if address is not None:
+            controller_settings["address"] = address
+        if proxy_location is not None:
+            controller_settings["proxy_location"] = proxy_location
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
         note_ignored_switches()
         instance = SwellInstance(http, controller)
@@ -215,7 +224,7 @@ def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> N
 def run_config(config: ServeConfig, blocking: bool = False) -> None:
     """Deploy every application of a config file; all are validated before any is touched."""
     prepared = prepare_config(config)
-    start(http_options=config.http_options)
+    start(http_options=config.http_options, proxy_location=config.proxy_location)
     _deploy_and_wait(prepared)
     if blocking:
         _serve_until_signalled()

@@ -23,7 +23,7 @@ from swell._import_path import load_application
 from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
 from swell._ray_env import ray_auth_token
-from swell.config import ControllerOptions, HTTPOptions, RunOptions
+from swell.config import ControllerOptions, HTTPOptions, ProxyLocation, RunOptions
 from swell.config_file import build_config, load_config_file
 from swell.exceptions import ControllerUnavailableError, DeploymentFailedError, SwellError
 
@@ -46,13 +46,17 @@ def _admin_token_from(args: argparse.Namespace) -> str | None:
     return token
 
 
-def _start_in_process(args: argparse.Namespace, http_options: Any) -> None:
+def _start_in_process(
+    args: argparse.Namespace, http_options: Any, proxy_location: ProxyLocation | None = None
+) -> None:
     api.start(
         http_options=http_options,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         admin_token=_admin_token_from(args),
         state_dir=args.state_dir,
+        address=args.address,
+        proxy_location=proxy_location,
     )
 
 
@@ -60,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _signals.install()  # before anything starts: a Ctrl-C at any moment stops swell in order
     if args.import_path.endswith((".yaml", ".yml")):
         config = load_config_file(args.import_path)
-        _start_in_process(args, config.http_options)
+        _start_in_process(args, config.http_options, config.proxy_location)
         try:
             api.run_config(config)
         except BaseException:
@@ -146,6 +150,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         command += ["--admin-token-file", str(Path(args.admin_token_file).expanduser().resolve())]
     if args.state_dir:
         command += ["--state-dir", str(Path(args.state_dir).resolve())]
+    if args.address:
+        command += ["--address", args.address]
     log_fd = open_private_log(log_path)
     try:
         process = subprocess.Popen(
@@ -308,6 +314,12 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         help="checkpoint here; replicas and HAProxy then outlive the controller, and a start "
         "on the same directory adopts them",
+    )
+    parser.add_argument(
+        "--address",
+        help="run on this Ray cluster: 'auto' (RAY_ADDRESS, else the local `ray start` "
+        "cluster) or the GCS host:port; replicas become Ray actors and every node gets an "
+        "HAProxy (needs `pip install 'swell[ray]'`)",
     )
 
 

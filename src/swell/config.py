@@ -295,8 +295,11 @@ class HTTPOptions(_Strict):
         return self.ssl_certfile is not None
 
 
+ProxyLocation = Literal["EveryNode", "HeadOnly", "Disabled"]
+
+
 class ControllerOptions(_Strict):
-    """Where the controller's admin API listens."""
+    """Where the controller's admin API listens, and what runs the replicas."""
 
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8265, ge=0, le=65535)
@@ -312,6 +315,27 @@ class ControllerOptions(_Strict):
         "unset, swell makes a random one at start and leaves it, mode 0600, where the CLI "
         "finds it (the state dir and the user's runtime directory).",
     )
+    address: str | None = Field(
+        default=None,
+        description="A Ray cluster to run on: 'auto' (RAY_ADDRESS if set, else the cluster "
+        "`ray start` left on this machine), or a GCS address such as 10.0.0.5:6379. Replicas "
+        "then become Ray actors and every node gets an HAProxy. Unset: replicas are local "
+        "processes. Needs `pip install 'swell[ray]'`.",
+    )
+    proxy_location: ProxyLocation = Field(
+        default="EveryNode",
+        description="On a Ray cluster, where HAProxy runs: on every node, on the head node "
+        "only, or nowhere (Disabled: handles only). A config file's proxy_location sets it.",
+    )
+
+    @model_validator(mode="after")
+    def _ray_without_state_dir(self) -> ControllerOptions:
+        if self.address is not None and self.state_dir is not None:
+            raise ValueError(
+                "state_dir cannot be combined with address (a Ray cluster) yet: on Ray the "
+                "controller runs in this process and its replicas stop with it; drop one of them"
+            )
+        return self
 
 
 def _route_prefix_ok(value: str) -> str:
@@ -388,7 +412,8 @@ class ApplicationConfig(RunOptions):
 class ServeConfig(_Strict):
     """A whole config file, with the field names of Ray Serve's (serveConfigV2)."""
 
-    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = "EveryNode"
+    # The definition (and default) lives in ControllerOptions; a config file may set it.
+    proxy_location: ProxyLocation = ControllerOptions.model_fields["proxy_location"].default
     http_options: HTTPOptions = Field(default_factory=HTTPOptions)
     logging_config: LoggingConfig | None = None
     applications: list[ApplicationConfig] = Field(default_factory=list)

@@ -14,6 +14,7 @@ class ReplicaStatus:
     address: str | None
     data_address: str | None = None
     control_address: str | None = None
+    node_id: str | None = None  # the Ray node (Ray engine only)
 
 
 @dataclass(frozen=True)

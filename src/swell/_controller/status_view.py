@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from swell._controller.deployment_state import DeploymentStatus
-from swell._controller.model import AppRuntime
+from swell._controller.model import AppRuntime, DeploymentRuntime
 
 # The worst deployment status decides the application's.
 _SEVERITY = [
@@ -68,11 +68,19 @@ def _deployment_document(app: AppRuntime, name: str) -> tuple[dict[str, Any], st
                 "address": r.address,
                 "control_address": r.control_address,
                 "data_address": deployment.replica_set.get(r.replica_id),
+                "node_id": _node_of(deployment, r.replica_id),
             }
             for r in deployment.state.replicas.values()
         ],
     }
     return document, f"Deployment '{name}': {message}" if shown else ""
+
+
+def _node_of(deployment: DeploymentRuntime, replica_id: str) -> str | None:
+    """The Ray node a replica runs on (None with the local engine)."""
+    ready = getattr(deployment.runtimes.get(replica_id), "ready_info", None)
+    node_id = getattr(ready, "node_id", None)
+    return node_id if isinstance(node_id, str) else None
 
 
 def applications_document(apps: Iterable[AppRuntime]) -> dict[str, Any]:

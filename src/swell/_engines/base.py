@@ -25,6 +25,8 @@ class ReadyInfo:
     # With the pid, the process's identity (its start time in clock ticks since boot), so a
     # checkpointed replica is never confused with a process that reused its pid.
     start_time: int | None = None
+    # The Ray node it runs on (the Ray engine only).
+    node_id: str | None = None
 
     @property
     def address(self) -> str:

@@ -1,0 +1,81 @@
+"""One node's ingress: swell's HAProxy manager inside an actor pinned to that node.
+
+The class is named ``HAProxyManager`` so ``ray list actors`` shows one per node. The
+controller's fleet (``swell._ray.ingress``) drives every such actor with the same calls the
+local controller makes on its one HAProxy manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from swell._ingress.haproxy_config import BackendEntry
+from swell._ingress.haproxy_manager import HAProxyManager as _LocalManager
+from swell._ray.cluster import this_node
+from swell.config import HTTPOptions
+
+
+class HAProxyManager:
+    """The HAProxy of the node this actor runs on."""
+
+    def __init__(self, options: HTTPOptions, wake_address: str) -> None:
+        self._options = options
+        self._wake_address = wake_address
+        self._node_ip, self._node_id = this_node()
+        self._dir = Path(tempfile.mkdtemp(prefix="swell-proxy-"))  # 0700
+        self._manager = _LocalManager(options, self._dir, wake_address)
+        self._stopped = asyncio.Event()
+
+    async def start(self, backends: dict[str, BackendEntry]) -> dict[str, Any]:
+        """Start HAProxy already serving ``backends`` (the fleet's whole state, servers too)."""
+        self._manager.restore_backends(backends)
+        await self._manager.start()
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node_id": self._node_id,
+            "node_ip": self._node_ip,
+            "status": "HEALTHY",
+            "pid": self._manager.pid,
+            "actor_pid": os.getpid(),
+            "address": self._manager.address,
+            "haproxy_binary": self._manager.binary,
+            "haproxy_version": self._manager.version,
+        }
+
+    async def set_route(self, app_name: str, route_prefix: str) -> None:
+        await self._manager.set_route(app_name, route_prefix)
+
+    async def remove_route(self, app_name: str) -> None:
+        await self._manager.remove_route(app_name)
+
+    async def add_server(
+        self, app_name: str, server_name: str, address: str, maxconn: int, check_port: int | None
+    ) -> None:
+        await self._manager.add_server(app_name, server_name, address, maxconn, check_port)
+
+    async def drain_server(self, app_name: str, server_name: str) -> None:
+        await self._manager.drain_server(app_name, server_name)
+
+    async def remove_server(self, app_name: str, server_name: str) -> None:
+        await self._manager.remove_server(app_name, server_name)
+
+    async def sessions(self, app_name: str) -> dict[str, int]:
+        return await self._manager.sessions(app_name)
+
+    async def wait_stopped(self) -> None:
+        """Pending for the proxy's whole life: the fleet sees the actor die when this fails."""
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        try:
+            await self._manager.stop()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._stopped.set()

@@ -1,0 +1,38 @@
+"""Applications for the Ray engine's tests: each answer says which replica served it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+import swell as serve
+
+
+def _me() -> str:
+    return serve.get_replica_context().replica_id
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class Where:
+    """Answers with its replica id."""
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        return {"replica": _me()}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class Back:
+    def who(self) -> str:
+        return _me()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class Front:
+    """Calls Back through a handle: the call goes straight to Back's replica."""
+
+    def __init__(self, back: Any) -> None:
+        self.back = back
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        return {"front": _me(), "back": await self.back.who.remote()}

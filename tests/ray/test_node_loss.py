@@ -1,0 +1,99 @@
+"""A worker node removed under light load: its replicas are replaced on the other nodes and
+the other nodes' proxies keep serving meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+import swell
+from tests.ray.apps import Where
+from tests.ray.conftest import SLOT, RayCluster, replica_nodes, wait_until
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Load:
+    """One request at a time, round robin over the given proxies, counting the outcomes."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = urls
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="swell-test-load", daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            i = 0
+            while not self._stop.is_set():
+                url = self._urls[i % len(self._urls)]
+                i += 1
+                try:
+                    status = client.get(url).status_code
+                    self.outcomes["ok" if status == 200 else f"http {status}"] += 1
+                except httpx.HTTPError as error:
+                    self.outcomes[type(error).__name__] += 1
+                self._stop.wait(0.01)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for kind, n in self.outcomes.items() if kind != "ok")
+
+
+def test_removed_worker_node_is_replaced(swell_on_ray: RayCluster) -> None:
+    nodes = swell_on_ray.nodes
+    app = Where.options(
+        num_replicas=3,
+        ray_actor_options={"num_cpus": 0.1, "resources": {SLOT: 1}},
+        graceful_shutdown_timeout_s=2,
+    ).bind()
+    swell.run(app, name="sturdy", route_prefix="/")
+    placed = replica_nodes("sturdy", "Where")
+    on = Counter(swell_on_ray.by_id(node_id).name for node_id in placed.values())
+    victim = "a" if on["a"] else "b"
+    survivors = [name for name in nodes if name != victim]
+    assert on[victim] >= 1, on
+
+    with Load([nodes[name].url + "/" for name in survivors]) as load:
+        wait_until(lambda: load.outcomes["ok"] >= 20, 30, "traffic before the removal")
+        before = load.outcomes["ok"]
+        removed_at = time.monotonic()
+        swell_on_ray.cluster.remove_node(nodes[victim].handle, allow_graceful=False)
+
+        def replaced() -> bool:
+            running = replica_nodes("sturdy", "Where")
+            return len(running) == 3 and nodes[victim].node_id not in running.values()
+
+        wait_until(replaced, 90, "three running replicas, none on the removed node")
+        replaced_after = time.monotonic() - removed_at
+        served = load.outcomes["ok"]
+        wait_until(lambda: load.outcomes["ok"] >= served + 20, 30, "traffic after replacement")
+
+    # The removed node's proxy is gone from the status; the others remain.
+    wait_until(
+        lambda: set(swell.status().proxies) == {nodes[n].node_id for n in survivors},
+        30,
+        "the removed node's proxy to leave the status",
+    )
+    after = Counter(swell_on_ray.by_id(n).name for n in replica_nodes("sturdy", "Where").values())
+    print(
+        f"\nnode loss: placement before {dict(on)}, removed node {victim!r}, placement after "
+        f"{dict(after)}; replaced in {replaced_after:.1f}s; requests {dict(load.outcomes)} "
+        f"({before} ok before the removal, {load.failed} failed)"
+    )
+    assert load.failed <= 2, load.outcomes
+    swell.delete("sturdy")

@@ -1,0 +1,93 @@
+"""The Ray engine on a real three-node Ray cluster: placement, proxies, handles across nodes."""
+
+from __future__ import annotations
+
+import pytest
+
+import swell
+from swell._ray.ingress import proxy_actor_name
+from tests.ray.apps import Back, Front, Where
+from tests.ray.conftest import RayCluster, get_json, replica_nodes, wait_until
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _on(node_resource: str) -> dict[str, object]:
+    return {"num_cpus": 0.1, "resources": {node_resource: 1}}
+
+
+def test_one_haproxy_actor_per_node(swell_on_ray: RayCluster) -> None:
+    named = {
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == "swell"
+    }
+    node_ids = {node.node_id for node in swell_on_ray.nodes.values()}
+    assert {n for n in named if n.startswith("SWELL_PROXY-")} == {
+        proxy_actor_name(node_id) for node_id in node_ids
+    }
+    proxies = swell.status().proxies
+    assert set(proxies) == node_ids
+    for node_id, proxy in proxies.items():
+        assert proxy["address"] == f"127.0.0.1:{swell_on_ray.by_id(node_id).port}"
+        assert proxy["status"] == "HEALTHY"
+
+
+def test_replicas_are_placed_by_their_resources(swell_on_ray: RayCluster) -> None:
+    nodes = swell_on_ray.nodes
+    swell.run(
+        Where.options(num_replicas=2, ray_actor_options=_on(nodes["a"].resource)).bind(),
+        name="placed_a",
+        route_prefix="/a",
+    )
+    swell.run(
+        Where.options(num_replicas=1, ray_actor_options=_on(nodes["b"].resource)).bind(),
+        name="placed_b",
+        route_prefix="/b",
+    )
+    try:
+        assert set(replica_nodes("placed_a", "Where").values()) == {nodes["a"].node_id}
+        assert set(replica_nodes("placed_b", "Where").values()) == {nodes["b"].node_id}
+        # Every node's HAProxy serves every app, wherever its replicas run.
+        for node in nodes.values():
+            assert get_json(node.url, "/a")["replica"] in replica_nodes("placed_a", "Where")
+            assert get_json(node.url, "/b")["replica"] in replica_nodes("placed_b", "Where")
+    finally:
+        swell.delete("placed_a")
+        swell.delete("placed_b")
+
+
+def test_handle_call_crosses_nodes(swell_on_ray: RayCluster) -> None:
+    nodes = swell_on_ray.nodes
+    back = Back.options(ray_actor_options=_on(nodes["b"].resource)).bind()
+    front = Front.options(ray_actor_options=_on(nodes["a"].resource)).bind(back)
+    handle = swell.run(front, name="compose", route_prefix="/compose")
+    try:
+        fronts = replica_nodes("compose", "Front")
+        backs = replica_nodes("compose", "Back")
+        assert set(fronts.values()) == {nodes["a"].node_id}
+        assert set(backs.values()) == {nodes["b"].node_id}
+        # Through the head node's HAProxy: head -> a (HTTP) -> b (swell's data plane).
+        answer = get_json(nodes["head"].url, "/compose")
+        assert answer == {"front": next(iter(fronts)), "back": next(iter(backs))}
+        # And from this process (the driver) straight to the replica on node b.
+        back_handle = swell.get_deployment_handle("Back", "compose")
+        assert back_handle.who.remote().result(timeout_s=30) in backs
+        assert handle is not None
+    finally:
+        swell.delete("compose")
+
+
+def test_replica_actor_is_gone_after_delete(swell_on_ray: RayCluster) -> None:
+    swell.run(Where.options(name="Gone").bind(), name="gone", route_prefix="/gone")
+    replica_id = next(iter(replica_nodes("gone", "Gone")))
+    actor = f"SWELL_REPLICA-gone-{replica_id}"
+
+    def named() -> set[str]:
+        return {e["name"] for e in ray.util.list_named_actors(all_namespaces=True)}
+
+    assert actor in named()
+    swell.delete("gone")
+    wait_until(lambda: actor not in named(), 30, f"actor {actor} to be gone")
