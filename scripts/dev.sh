@@ -3,7 +3,7 @@
 # Creates .venv (Python 3.11+) and installs swell with its dev extras on first use.
 #
 #   scripts/dev.sh serve     # swell run examples.hello:app on 127.0.0.1:8000
-#   scripts/dev.sh test      # ruff, mypy, then the whole test suite
+#   scripts/dev.sh test      # ruff, mypy, then the whole test suite (Ray's tests included)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,14 @@ ensure_llm_test_deps() {
     fi
 }
 
+# The Ray engine's tests (tests/ray) start a small multi-node Ray cluster on this machine; the
+# `ray` extra brings Ray. Without it those tests skip and everything else runs the same.
+ensure_ray_test_deps() {
+    if ! "$VENV/bin/python" -c 'import ray' >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip install --quiet -e '.[dev,ray]'
+    fi
+}
+
 case "${1:-}" in
     serve)
         ensure_venv
@@ -39,6 +47,7 @@ case "${1:-}" in
     test)
         ensure_venv
         ensure_llm_test_deps
+        ensure_ray_test_deps
         "$VENV/bin/ruff" check src tests bench examples
         "$VENV/bin/ruff" format --check src tests bench examples
         "$VENV/bin/mypy"

@@ -36,3 +36,6 @@ class Front:
 
     async def __call__(self, request: Request) -> dict[str, Any]:
         return {"front": _me(), "back": await self.back.who.remote()}
+
+
+where_app = Where.bind()
