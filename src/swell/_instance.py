@@ -425,7 +425,10 @@ class SwellInstance:
         hosts = allowed_hosts(options.admin_host, self.admin_port)
         sockets = [sock]
         controller.controller_url = f"http://{_loopback_for(options.admin_host)}:{self.admin_port}"
-        if self._ray is not None and options.admin_host not in ("0.0.0.0", "::", ""):
+        if self._ray is not None and options.admin_host in ("0.0.0.0", "::", ""):
+            # Bound everywhere already: other nodes reach it at this node's IP.
+            controller.controller_url = f"http://{self._cluster_host}:{self.admin_port}"
+        elif self._ray is not None:
             # Routers in replicas on every node watch replica sets here: the same app (the
             # same tokens) on this node's IP as well.
             cluster_sock = socket.socket(

@@ -91,3 +91,20 @@ def test_replica_actor_is_gone_after_delete(swell_on_ray: RayCluster) -> None:
     assert actor in named()
     swell.delete("gone")
     wait_until(lambda: actor not in named(), 30, f"actor {actor} to be gone")
+
+
+def test_killed_replica_actor_is_replaced(swell_on_ray: RayCluster) -> None:
+    swell.run(Where.options(name="Mortal").bind(), name="mortal", route_prefix="/mortal")
+    try:
+        (old,) = replica_nodes("mortal", "Mortal")
+        ray.kill(ray.get_actor(f"SWELL_REPLICA-mortal-{old}", namespace="swell"))
+
+        def replaced() -> str | None:
+            running = replica_nodes("mortal", "Mortal")
+            return next((r for r in running if r != old), None)
+
+        new = wait_until(replaced, 60, "a replacement replica")
+        url = swell_on_ray.nodes["a"].url
+        wait_until(lambda: get_json(url, "/mortal")["replica"] == new, 30, "the new replica")
+    finally:
+        swell.delete("mortal")

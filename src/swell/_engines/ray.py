@@ -120,8 +120,10 @@ class RayReplica:
         return self._status
 
     async def stop(self, timeout_s: float) -> None:
-        """Drain (SIGTERM inside the actor), then kill the actor after ``timeout_s``."""
-        if not self._exited.is_set():
+        """Drain (SIGTERM inside the actor), then kill the actor after ``timeout_s``.
+
+        One that never became ready has nothing to drain (it may not even be placed yet)."""
+        if not self._exited.is_set() and self.ready_info is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     _future(self._actor.stop.remote(timeout_s)), timeout_s + _STOP_GRACE_S

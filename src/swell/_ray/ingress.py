@@ -64,6 +64,7 @@ class ProxyFleet:
         self._backends: dict[str, BackendEntry] = {}
         self._proxies: dict[str, _Proxy] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
+        self._errors: dict[str, str] = {}  # node id -> why its proxy did not start
         self._lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -83,9 +84,8 @@ class ProxyFleet:
         wanted = {node.node_id for node in await self._wanted_nodes()}
         missing = wanted - set(self._proxies)
         if missing:
-            raise HAProxyError(
-                f"HAProxy did not start on node(s) {sorted(missing)}; see the log above"
-            )
+            reasons = "\n".join(f"  node {n}: {self._errors.get(n, 'unknown')}" for n in missing)
+            raise HAProxyError(f"HAProxy did not start on every node:\n{reasons}")
         self._watch_task = asyncio.get_running_loop().create_task(
             self._watch_nodes(), name="swell-ray-node-watch"
         )
@@ -178,6 +178,7 @@ class ProxyFleet:
             )
             logger.info("HAProxy serves on node %s (%s:%s)", node.node_id, node.ip, options.port)
         except Exception as error:
+            self._errors[node.node_id] = str(error)
             logger.error("could not start HAProxy on node %s (%s): %s", node.node_id, name, error)
             if actor is not None:
                 with contextlib.suppress(Exception):
