@@ -167,6 +167,8 @@ class ProxyFleet:
                 max_concurrency=64,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
             ).remote(options, self._wake_address)
+            # Wait for the actor's process outside the lock: changes keep flowing meanwhile.
+            await asyncio.wait_for(_future(actor.describe.remote()), _PROXY_START_DEADLINE_S)
             async with self._lock:  # no change lands between the snapshot and the start
                 info = await asyncio.wait_for(
                     _future(actor.start.remote(dict(self._backends))), _PROXY_START_DEADLINE_S
