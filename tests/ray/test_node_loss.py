@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 import swell
+from swell._ray.cluster import HTTP_PORT_LABEL
+from tests.integration.conftest import free_port
 from tests.ray.apps import Where
 from tests.ray.conftest import SLOT, RayCluster, replica_nodes, wait_until
 
@@ -97,3 +99,25 @@ def test_removed_worker_node_is_replaced(swell_on_ray: RayCluster) -> None:
     )
     assert load.failed <= 2, load.outcomes
     swell.delete("sturdy")
+
+
+def test_a_node_that_joins_gets_a_proxy_serving_every_app(swell_on_ray: RayCluster) -> None:
+    swell.run(Where.options(name="Early").bind(), name="early", route_prefix="/early")
+    try:
+        port = free_port()
+        handle = swell_on_ray.cluster.add_node(
+            num_cpus=1,
+            object_store_memory=80 * 1024 * 1024,
+            labels={HTTP_PORT_LABEL: str(port)},
+        )
+
+        def serves() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/early", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(serves, 60, "the new node's HAProxy to serve the app deployed before it came")
+        assert handle.node_id in swell.status().proxies
+    finally:
+        swell.delete("early")
