@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import uvicorn
 
 from swell._controller.admin_api import allowed_hosts, build_admin_app
-from swell._controller.controller import Controller, IngressManager
+from swell._controller.controller import Controller
 from swell._controller.deployer import ConfigDeployer, Prepared
+from swell._controller.lifecycle import IngressManager
 from swell._controller.store import Checkpoint
 from swell._controller.wake import WakeServer
 from swell._dataplane.router import ClusterContext
