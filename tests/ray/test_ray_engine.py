@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
+import httpx
 import pytest
 
 import swell
@@ -108,3 +112,24 @@ def test_killed_replica_actor_is_replaced(swell_on_ray: RayCluster) -> None:
         wait_until(lambda: get_json(url, "/mortal")["replica"] == new, 30, "the new replica")
     finally:
         swell.delete("mortal")
+
+
+def test_a_node_whose_haproxy_dies_gets_a_new_proxy(swell_on_ray: RayCluster) -> None:
+    node = swell_on_ray.nodes["b"]
+    swell.run(Where.options(name="Steady").bind(), name="steady", route_prefix="/steady")
+    try:
+        old_pid = swell.status().proxies[node.node_id]["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+
+        def new_proxy_serves() -> bool:
+            proxy = swell.status().proxies.get(node.node_id)
+            if proxy is None or proxy["pid"] == old_pid:
+                return False
+            try:
+                return httpx.get(node.url + "/steady", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(new_proxy_serves, 60, "a new HAProxy on node b serving the app")
+    finally:
+        swell.delete("steady")

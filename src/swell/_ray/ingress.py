@@ -193,7 +193,7 @@ class ProxyFleet:
         with contextlib.suppress(Exception):
             await _future(proxy.actor.wait_stopped.remote())
         if self._proxies.get(proxy.node.node_id) is proxy:
-            logger.warning("the proxy on node %s died", proxy.node.node_id)
+            logger.warning("the proxy on node %s (or its HAProxy) died", proxy.node.node_id)
             self._drop(proxy.node.node_id)
 
     # Fan-out ------------------------------------------------------------------------------

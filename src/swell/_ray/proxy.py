@@ -16,6 +16,7 @@ from typing import Any
 
 from swell._ingress.haproxy_config import BackendEntry
 from swell._ingress.haproxy_manager import HAProxyManager as _LocalManager
+from swell._procs import wait_for_exit
 from swell._ray.cluster import this_node
 from swell.config import HTTPOptions
 
@@ -70,8 +71,18 @@ class HAProxyManager:
         return await self._manager.sessions(app_name)
 
     async def wait_stopped(self) -> None:
-        """Pending for the proxy's whole life: the fleet sees the actor die when this fails."""
-        await self._stopped.wait()
+        """Pending while the proxy serves. It fails if the actor dies and returns if HAProxy
+        exits or the proxy is stopped; either way the fleet then replaces this proxy."""
+        pid = self._manager.pid
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        waits: list[asyncio.Future[Any]] = [stopped]
+        if pid is not None:
+            waits.append(wait_for_exit(pid))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def stop(self) -> None:
         try:
