@@ -233,6 +233,8 @@ class SwellInstance:
 
     def _check_proxy_location(self, config: ServeConfig) -> None:
         running = self.controller_options.proxy_location
+        if self._ray is None:
+            return  # one machine, one HAProxy: nothing to place
         if "proxy_location" in config.model_fields_set and config.proxy_location != running:
             raise ConfigError(
                 f"proxy_location={config.proxy_location!r} differs from the running instance's "

@@ -274,9 +274,10 @@ def _print_status(status: dict[str, Any]) -> None:
                 f"(target {dep['target_replicas']}; {states or 'no replicas'})"
             )
             for replica in dep["replicas"]:
+                node = f" node={replica['node_id']}" if replica.get("node_id") else ""
                 print(
                     f"    replica {replica['replica_id']}: {replica['state']} "
-                    f"pid={replica['pid']} address={replica['address']}"
+                    f"pid={replica['pid']} address={replica['address']}{node}"
                 )
             if dep.get("message"):
                 print("    message: " + dep["message"].replace("\n", "\n      "))

@@ -85,6 +85,8 @@ def test_start_deploy_shutdown_on_ray(ray_cluster: RayCluster, tmp_path: Path) -
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         for node in nodes.values():
             assert httpx.get(node.url + "/", timeout=30).json()["replica"].startswith("Where-")
+        shown = swell_cli("status", "--address", admin, env=env).stdout
+        assert shown.count(" node=") == 2, shown  # each replica with the node it runs on
 
         ray.init(address=ray_cluster.cluster.address)
         assert len([n for n in _named_actors() if n.startswith("SWELL_REPLICA-cli-")]) == 2

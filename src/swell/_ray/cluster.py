@@ -58,7 +58,7 @@ def connect(address: str) -> RayConnection:
     if not ray.is_initialized():
         try:
             ray.init(address=address, log_to_driver=True)
-        except ConnectionError as error:
+        except Exception as error:  # ConnectionError, or a timeout reaching the GCS
             raise ConfigError(
                 f"address={address!r}: could not connect to a Ray cluster ({error}). Start one "
                 "with `ray start --head`, or give its address (host:port of the GCS)."
