@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -39,3 +40,10 @@ class Front:
 
 
 where_app = Where.bind()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, graceful_shutdown_timeout_s=15)
+class Slow:
+    async def wait(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return _me()

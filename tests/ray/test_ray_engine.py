@@ -10,7 +10,8 @@ import pytest
 
 import swell
 from swell._ray.ingress import proxy_actor_name
-from tests.ray.apps import Back, Front, Where
+from tests.integration.conftest import replica_stats
+from tests.ray.apps import Back, Front, Slow, Where
 from tests.ray.conftest import RayCluster, get_json, replica_nodes, wait_until
 
 ray = pytest.importorskip("ray")
@@ -133,3 +134,14 @@ def test_a_node_whose_haproxy_dies_gets_a_new_proxy(swell_on_ray: RayCluster) ->
         wait_until(new_proxy_serves, 60, "a new HAProxy on node b serving the app")
     finally:
         swell.delete("steady")
+
+
+def test_stopping_a_replica_actor_lets_in_flight_calls_finish(swell_on_ray: RayCluster) -> None:
+    handle = swell.run(Slow.bind(), name="slow", route_prefix=None)
+    (replica,) = swell.status().applications["slow"].deployments["Slow"].replicas
+    assert replica.control_address is not None
+    control = replica.control_address
+    response = handle.wait.remote(3.0)
+    wait_until(lambda: replica_stats(control)["load"] >= 1, 10, "the call to reach the replica")
+    swell.delete("slow")  # stops the actor: SIGTERM to the replica inside it, which drains
+    assert response.result(timeout_s=30) == replica.replica_id
