@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,9 @@ HTTP_PORT_LABEL = "swell-http-port"
 _HEAD_RESOURCE = "node:__internal_head__"
 
 INSTALL_HINT = "install it with `pip install 'swell[ray]'`"
+
+# ray.init keeps retrying an address where no GCS answers; swell checks it first, this long.
+_PROBE_DEADLINE_S = 10.0
 
 
 def import_ray() -> Any:
@@ -56,6 +61,7 @@ def connect(address: str) -> RayConnection:
     ray = import_ray()
     owned = False
     if not ray.is_initialized():
+        _probe(address)
         try:
             ray.init(address=address, log_to_driver=True)
         except Exception as error:  # ConnectionError, or a timeout reaching the GCS
@@ -65,6 +71,24 @@ def connect(address: str) -> RayConnection:
             ) from None
         owned = True
     return RayConnection(owned, *this_node())
+
+
+def _probe(address: str) -> None:
+    """Fail within a deadline when nothing listens at a GCS address (host:port, given or in
+    RAY_ADDRESS for 'auto'); Ray finds a local cluster for a bare 'auto' itself, quickly."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, sep, port = target.rpartition(":")
+    if not sep or "://" in target or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), _PROBE_DEADLINE_S):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"address={address!r}: nothing answers at {target} ({error.strerror or error}). "
+            "Give the address of a running Ray cluster's GCS (`ray start --head` prints it), "
+            "or 'auto' on one of its nodes."
+        ) from None
 
 
 @dataclass(frozen=True)
