@@ -3,6 +3,8 @@ the other nodes' proxies keep serving meanwhile."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -57,6 +59,13 @@ class Load:
 
 
 def test_removed_worker_node_is_replaced(swell_on_ray: RayCluster) -> None:
+    remove_a_worker_under_load(swell_on_ray, kill_its_processes=False)
+
+
+def remove_a_worker_under_load(swell_on_ray: RayCluster, kill_its_processes: bool) -> None:
+    """Remove a worker that holds replicas while requests flow through the other nodes'
+    proxies; with ``kill_its_processes`` its replica processes die at once too, as on a
+    machine that vanishes (else they drain: their lifeline, the actor, is gone)."""
     nodes = swell_on_ray.nodes
     app = Where.options(
         num_replicas=3,
@@ -73,7 +82,15 @@ def test_removed_worker_node_is_replaced(swell_on_ray: RayCluster) -> None:
     with Load([nodes[name].url + "/" for name in survivors]) as load:
         wait_until(lambda: load.outcomes["ok"] >= 20, 30, "traffic before the removal")
         before = load.outcomes["ok"]
+        doomed = [
+            r.pid
+            for r in swell.status().applications["sturdy"].deployments["Where"].replicas
+            if r.node_id == nodes[victim].node_id and r.pid is not None
+        ]
         removed_at = time.monotonic()
+        if kill_its_processes:
+            for pid in doomed:
+                os.kill(pid, signal.SIGKILL)
         swell_on_ray.cluster.remove_node(nodes[victim].handle, allow_graceful=False)
 
         def replaced() -> bool:
@@ -93,7 +110,8 @@ def test_removed_worker_node_is_replaced(swell_on_ray: RayCluster) -> None:
     )
     after = Counter(swell_on_ray.by_id(n).name for n in replica_nodes("sturdy", "Where").values())
     print(
-        f"\nnode loss: placement before {dict(on)}, removed node {victim!r}, placement after "
+        f"\nnode loss ({'replica processes killed' if kill_its_processes else 'replicas drain'})"
+        f": placement before {dict(on)}, removed node {victim!r}, placement after "
         f"{dict(after)}; replaced in {replaced_after:.1f}s; requests {dict(load.outcomes)} "
         f"({before} ok before the removal, {load.failed} failed)"
     )
