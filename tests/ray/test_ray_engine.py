@@ -145,3 +145,12 @@ def test_stopping_a_replica_actor_lets_in_flight_calls_finish(swell_on_ray: RayC
     wait_until(lambda: replica_stats(control)["load"] >= 1, 10, "the call to reach the replica")
     swell.delete("slow")  # stops the actor: SIGTERM to the replica inside it, which drains
     assert response.result(timeout_s=30) == replica.replica_id
+
+
+def test_actor_options_ray_refuses_fail_the_deploy_with_the_options(
+    swell_on_ray: RayCluster,
+) -> None:
+    bad = Where.options(name="Bad", ray_actor_options={"num_cpus": -1})
+    with pytest.raises(swell.DeploymentFailedError, match="ray_actor_options"):
+        swell.run(bad.bind(), name="bad", route_prefix="/bad")
+    swell.delete("bad")
