@@ -115,7 +115,7 @@ def test_killed_replica_actor_is_replaced(swell_on_ray: RayCluster) -> None:
         swell.delete("mortal")
 
 
-def test_a_node_whose_haproxy_dies_gets_a_new_proxy(swell_on_ray: RayCluster) -> None:
+def test_a_node_whose_haproxy_dies_serves_again(swell_on_ray: RayCluster) -> None:
     node = swell_on_ray.nodes["b"]
     swell.run(Where.options(name="Steady").bind(), name="steady", route_prefix="/steady")
     try:
@@ -131,7 +131,7 @@ def test_a_node_whose_haproxy_dies_gets_a_new_proxy(swell_on_ray: RayCluster) ->
             except httpx.HTTPError:
                 return False
 
-        wait_until(new_proxy_serves, 60, "a new HAProxy on node b serving the app")
+        wait_until(new_proxy_serves, 60, "node b's HAProxy, restarted, serving the app")
     finally:
         swell.delete("steady")
 

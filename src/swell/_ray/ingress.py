@@ -124,6 +124,7 @@ class ProxyFleet:
         while True:
             try:
                 await self._sync_nodes()
+                await self._refresh_statuses()
             except Exception:
                 logger.exception("reading the cluster's nodes failed")
             self._changed.clear()
@@ -140,6 +141,22 @@ class ProxyFleet:
                 self._starting[node_id] = asyncio.get_running_loop().create_task(
                     self._add_proxy(node), name=f"swell-ray-proxy-{node_id[:8]}"
                 )
+
+    async def _refresh_statuses(self) -> None:
+        """Each proxy's real state for the status page (a HAProxy restarting, say)."""
+        proxies = list(self._proxies.values())
+        answers = await asyncio.gather(
+            *(
+                asyncio.wait_for(_future(p.actor.describe.remote()), NODE_WATCH_S * 5)
+                for p in proxies
+            ),
+            return_exceptions=True,
+        )
+        for proxy, answer in zip(proxies, answers, strict=True):
+            if isinstance(answer, dict):
+                proxy.info = answer
+            else:
+                proxy.info = {**proxy.info, "status": "UNREACHABLE", "last_error": str(answer)}
 
     def _drop(self, node_id: str) -> None:
         proxy = self._proxies.pop(node_id, None)
@@ -193,7 +210,7 @@ class ProxyFleet:
         with contextlib.suppress(Exception):
             await _future(proxy.actor.wait_stopped.remote())
         if self._proxies.get(proxy.node.node_id) is proxy:
-            logger.warning("the proxy on node %s (or its HAProxy) died", proxy.node.node_id)
+            logger.warning("the proxy on node %s died", proxy.node.node_id)
             self._drop(proxy.node.node_id)
 
     # Fan-out ------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 
 from swell._ingress.haproxy_config import BackendEntry
 from swell._ingress.haproxy_manager import HAProxyManager as _LocalManager
-from swell._procs import wait_for_exit
 from swell._ray.cluster import this_node
 from swell.config import HTTPOptions
 
@@ -39,15 +38,12 @@ class HAProxyManager:
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
+        """The manager's real state (status, pid, restarts, last error, ...) and the node."""
         return {
+            **self._manager.describe(),
             "node_id": self._node_id,
             "node_ip": self._node_ip,
-            "status": "HEALTHY",
-            "pid": self._manager.pid,
             "actor_pid": os.getpid(),
-            "address": self._manager.address,
-            "haproxy_binary": self._manager.binary,
-            "haproxy_version": self._manager.version,
         }
 
     async def set_route(self, app_name: str, route_prefix: str) -> None:
@@ -71,18 +67,9 @@ class HAProxyManager:
         return await self._manager.sessions(app_name)
 
     async def wait_stopped(self) -> None:
-        """Pending while the proxy serves. It fails if the actor dies and returns if HAProxy
-        exits or the proxy is stopped; either way the fleet then replaces this proxy."""
-        pid = self._manager.pid
-        stopped = asyncio.ensure_future(self._stopped.wait())
-        waits: list[asyncio.Future[Any]] = [stopped]
-        if pid is not None:
-            waits.append(wait_for_exit(pid))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
+        """Pending for the proxy's whole life: the fleet sees the actor die when this fails.
+        (An HAProxy that exits is restarted, with the whole state, by the manager itself.)"""
+        await self._stopped.wait()
 
     async def stop(self) -> None:
         try:
