@@ -7,6 +7,8 @@ Skipped cleanly when Ray is not installed.
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,6 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 import swell  # noqa: E402
 from swell._ray.cluster import HTTP_PORT_LABEL  # noqa: E402
-from tests.integration.conftest import free_port  # noqa: E402
 
 NODE_NAMES = ("head", "a", "b")
 # A resource every node has, in different amounts: a deployment that asks for one per replica
@@ -33,6 +34,30 @@ _FAST_HEALTH_CHECKS = {
     "health_check_period_ms": 500,
     "health_check_failure_threshold": 3,
 }
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            low, high = (int(p) for p in ports.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def http_port() -> int:
+    """A free port below the ephemeral range: Ray's processes (raylets, agents, workers) bind
+    ephemeral ports while nodes start, and would sometimes take one reserved with port 0."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, min(low, 32000)))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass
@@ -82,7 +107,7 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
     """Three nodes (head, a, b); the test process joins as swell's driver."""
-    ports = {name: free_port() for name in NODE_NAMES}
+    ports = {name: http_port() for name in NODE_NAMES}
     head_args = {
         **_node_args("head", ports["head"]),
         "include_dashboard": False,

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import free_port, pid_alive
-from tests.ray.conftest import RayCluster, wait_until
+from tests.integration.conftest import pid_alive
+from tests.ray.conftest import RayCluster, http_port, wait_until
 
 ray = pytest.importorskip("ray")
 
@@ -45,7 +45,7 @@ def _named_actors() -> set[str]:
 
 def test_start_deploy_shutdown_on_ray(ray_cluster: RayCluster, tmp_path: Path) -> None:
     nodes = ray_cluster.nodes
-    admin = f"http://127.0.0.1:{free_port()}"
+    admin = f"http://127.0.0.1:{http_port()}"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.cluster.address}
     config = tmp_path / "serve.yaml"
     config.write_text(

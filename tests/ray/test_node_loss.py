@@ -14,9 +14,8 @@ import pytest
 
 import swell
 from swell._ray.cluster import HTTP_PORT_LABEL
-from tests.integration.conftest import free_port
 from tests.ray.apps import Where
-from tests.ray.conftest import SLOT, RayCluster, replica_nodes, wait_until
+from tests.ray.conftest import SLOT, RayCluster, http_port, replica_nodes, wait_until
 
 ray = pytest.importorskip("ray")
 
@@ -122,7 +121,7 @@ def remove_a_worker_under_load(swell_on_ray: RayCluster, kill_its_processes: boo
 def test_a_node_that_joins_gets_a_proxy_serving_every_app(swell_on_ray: RayCluster) -> None:
     swell.run(Where.options(name="Early").bind(), name="early", route_prefix="/early")
     try:
-        port = free_port()
+        port = http_port()
         handle = swell_on_ray.cluster.add_node(
             num_cpus=1,
             object_store_memory=80 * 1024 * 1024,
@@ -135,7 +134,10 @@ def test_a_node_that_joins_gets_a_proxy_serving_every_app(swell_on_ray: RayClust
             except httpx.HTTPError:
                 return False
 
-        wait_until(serves, 60, "the new node's HAProxy to serve the app deployed before it came")
+        try:
+            wait_until(serves, 60, "the new node's HAProxy to serve the app deployed before it")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; proxies: {swell.status().proxies}") from None
         assert handle.node_id in swell.status().proxies
     finally:
         swell.delete("early")

@@ -8,7 +8,9 @@ local controller makes on its one HAProxy manager.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,8 +18,25 @@ from typing import Any
 
 from swell._ingress.haproxy_config import BackendEntry
 from swell._ingress.haproxy_manager import HAProxyManager as _LocalManager
+from swell._procs import pid_alive
 from swell._ray.cluster import this_node
 from swell.config import HTTPOptions
+
+_DIR_PREFIX = "swell-proxy-"
+_DIR_PATTERN = re.compile(rf"^{_DIR_PREFIX}(\d+)-")
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove this user's proxy directories whose actor process is gone: a proxy killed with
+    its node (or by Ray) never ran ``stop()``, which removes its own."""
+    root = Path(tempfile.gettempdir())
+    for entry in root.iterdir():
+        match = _DIR_PATTERN.match(entry.name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 class HAProxyManager:
@@ -27,7 +46,8 @@ class HAProxyManager:
         self._options = options
         self._wake_address = wake_address
         self._node_ip, self._node_id = this_node()
-        self._dir = Path(tempfile.mkdtemp(prefix="swell-proxy-"))  # 0700
+        _sweep_stale_dirs()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))  # 0700
         self._manager = _LocalManager(options, self._dir, wake_address)
         self._stopped = asyncio.Event()
 
