@@ -78,7 +78,8 @@ def _deployment_document(app: AppRuntime, name: str) -> tuple[dict[str, Any], st
 
 def _node_of(deployment: DeploymentRuntime, replica_id: str) -> str | None:
     """The Ray node a replica runs on (None with the local engine)."""
-    ready = getattr(deployment.runtimes.get(replica_id), "ready_info", None)
+    runtimes = getattr(deployment, "runtimes", None) or {}
+    ready = getattr(runtimes.get(replica_id), "ready_info", None)
     node_id = getattr(ready, "node_id", None)
     return node_id if isinstance(node_id, str) else None
 
