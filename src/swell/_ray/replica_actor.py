@@ -32,9 +32,11 @@ class SwellReplica:
     async def start(self, spec_bytes: bytes) -> ReadyInfo | str:
         """Launch the replica; its ReadyInfo once it serves, or why it never will (text)."""
         try:
-            spec = replace(
-                cloudpickle.loads(spec_bytes), host=self._node_ip, survive_controller=False
-            )
+            spec = cloudpickle.loads(spec_bytes)
+            # Ray reserved the actor's resources already (and set CUDA_VISIBLE_DEVICES, which
+            # the process inherits): the local engine must not reserve them a second time.
+            config = spec.config.model_copy(update={"ray_actor_options": {}})
+            spec = replace(spec, host=self._node_ip, survive_controller=False, config=config)
             self._replica = await self._engine.start_replica(spec)
         except Exception as error:
             return f"could not launch the replica process on node {self._node_id}: {error!r}"
