@@ -138,6 +138,10 @@ def test_a_node_that_joins_gets_a_proxy_serving_every_app(swell_on_ray: RayClust
             wait_until(serves, 60, "the new node's HAProxy to serve the app deployed before it")
         except AssertionError as error:
             raise AssertionError(f"{error}; proxies: {swell.status().proxies}") from None
-        assert handle.node_id in swell.status().proxies
+        # Its HAProxy serves as soon as it starts; the controller records the proxy when the
+        # start call's answer comes back, a moment later on a loaded machine.
+        wait_until(
+            lambda: handle.node_id in swell.status().proxies, 30, "the new proxy in the status"
+        )
     finally:
         swell.delete("early")
