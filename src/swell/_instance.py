@@ -221,6 +221,14 @@ class SwellInstance:
         assert self.controller is not None
         return await self.controller.watch_replica_set(app_name, deployment, known_version, wait_s)
 
+    def submit_config_threadsafe(self, document: Any, timeout: float = 30.0) -> None:
+        """``submit_config`` from another thread (``swell run --reload``'s watcher)."""
+
+        async def submit(controller: Controller) -> None:
+            self.submit_config(document)
+
+        self.call(submit, timeout)
+
     def submit_config(self, document: Any) -> None:
         """A PUT of the whole config: its schema now, the rest in the background."""
         if not isinstance(document, dict):

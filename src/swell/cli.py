@@ -23,7 +23,15 @@ from swell._import_path import load_application
 from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
 from swell._ray_env import ray_auth_token
-from swell.config import ControllerOptions, HTTPOptions, ProxyLocation, RunOptions
+from swell._reload import watch_and_redeploy
+from swell.config import (
+    ControllerOptions,
+    HTTPOptions,
+    ProxyLocation,
+    RunOptions,
+    ServeConfig,
+    validate_model,
+)
 from swell.config_file import build_config, load_config_file
 from swell.exceptions import ControllerUnavailableError, DeploymentFailedError, SwellError
 
@@ -32,6 +40,7 @@ _DEFAULT_CONTROLLER = ControllerOptions()
 _DEFAULT_RUN = RunOptions()
 _DEFAULT_ADDRESS = f"http://{_DEFAULT_CONTROLLER.admin_host}:{_DEFAULT_CONTROLLER.admin_port}"
 _START_DEADLINE_S = 60.0
+_DEPLOY_TIMEOUT_S = 600.0
 _POLL_S = 0.25
 
 
@@ -60,7 +69,18 @@ def _start_in_process(
     )
 
 
+def _run_document(args: argparse.Namespace) -> dict[str, Any]:
+    """What `swell run` serves, as a config document (a config file's, or one app's)."""
+    if args.import_path.endswith((".yaml", ".yml")):
+        document: dict[str, Any] = yaml.safe_load(Path(args.import_path).read_text()) or {}
+        return document
+    app = {"name": args.name, "route_prefix": args.route_prefix, "import_path": args.import_path}
+    return {"applications": [app]}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.non_blocking:
+        return _run_detached(args)
     _signals.install()  # before anything starts: a Ctrl-C at any moment stops swell in order
     if args.import_path.endswith((".yaml", ".yml")):
         config = load_config_file(args.import_path)
@@ -88,8 +108,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "(Ctrl-C stops it)",
             flush=True,
         )
+    if args.reload:
+        instance = api._instance
+        assert instance is not None
+        watch_and_redeploy(
+            Path.cwd(),
+            _run_document(args),
+            instance.submit_config_threadsafe,
+            _signals.stop_requested,
+        )
+        print(f"swell: watching {Path.cwd()} for changes (--reload)", flush=True)
     api._serve_until_signalled()
     return 0
+
+
+def _run_detached(args: argparse.Namespace) -> int:
+    """`swell run --non-blocking`: a detached instance, as `swell start` makes, serving the app;
+    returns once every application is RUNNING (`swell shutdown` stops it)."""
+    document = _run_document(args)
+    http = document.setdefault("http_options", {})
+    http.setdefault("host", args.host)
+    http.setdefault("port", args.port)
+    args.host, args.port = http["host"], http["port"]
+    args.log_file, args.block = None, False
+    _cmd_start(args)
+    host = "127.0.0.1" if args.admin_host in ("0.0.0.0", "") else args.admin_host
+    address = f"http://{host}:{args.admin_port}"
+    return _deploy_document(address, resolve_token(address), document, _DEPLOY_TIMEOUT_S)
 
 
 def _cmd_serve_detached(args: argparse.Namespace) -> int:
@@ -184,18 +229,24 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    config = load_config_file(args.config)  # fail fast, before the controller is asked
+    load_config_file(args.config)  # fail fast, before the controller is asked
     document = yaml.safe_load(Path(args.config).read_text())
     token = resolve_token(args.address, args.token_file)
-    api.admin_request(args.address, "PUT", "/api/serve/applications/", token, document)
+    return _deploy_document(args.address, token, document, args.timeout)
+
+
+def _deploy_document(
+    address: str, token: str | None, document: dict[str, Any], timeout_s: float
+) -> int:
+    """PUT a config, then show each application's status until all run (or one fails)."""
+    config = validate_model(ServeConfig, document, "config")
+    api.admin_request(address, "PUT", "/api/serve/applications/", token, document)
     names = [app.name for app in config.applications]
     print(f"swell: deploying {', '.join(names) or 'no applications'}")
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout_s
     shown: dict[str, str] = {}
     while True:
-        status = api.fetch_status(args.address, resolve_token(args.address, args.token_file))[
-            "applications"
-        ]
+        status = api.fetch_status(address, token)["applications"]
         for name in names:
             state = status.get(name, {}).get("status", "DEPLOYING")
             if shown.get(name) != state:
@@ -210,7 +261,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             return 0
         if time.monotonic() > deadline:
             raise SwellError(
-                f"not every application was running after {args.timeout}s; see `swell status`"
+                f"not every application was running after {timeout_s}s; see `swell status`"
             )
         time.sleep(_POLL_S)
 
@@ -287,9 +338,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
     status = api.fetch_status(args.address, resolve_token(args.address, args.token_file))
     if args.json:
         print(json.dumps(status, indent=2))
+    elif args.yaml:
+        print(yaml.safe_dump(ray_shaped_status(status), sort_keys=False), end="")
     else:
         _print_status(status)
     return 0
+
+
+def ray_shaped_status(status: dict[str, Any]) -> dict[str, Any]:
+    """The status as Ray's `serve status` prints it: proxies, applications, deployments."""
+    applications = {}
+    for name, app in status.get("applications", {}).items():
+        applications[name] = {
+            "status": app.get("status"),
+            "message": app.get("message", ""),
+            "last_deployed_time_s": app.get("last_deployed_time_s"),
+            "deployments": {
+                dname: {
+                    "status": dep.get("status"),
+                    "status_trigger": dep.get("status_trigger"),
+                    "replica_states": dep.get("replica_states", {}),
+                    "message": dep.get("message", ""),
+                }
+                for dname, dep in app.get("deployments", {}).items()
+            },
+        }
+    return {
+        "proxies": {node: proxy.get("status") for node, proxy in status.get("proxies", {}).items()},
+        "applications": applications,
+        "target_capacity": status.get("target_capacity"),
+    }
 
 
 def _add_instance_options(parser: argparse.ArgumentParser) -> None:
@@ -350,6 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--route-prefix", default=_DEFAULT_RUN.route_prefix, help="route prefix (%(default)s)"
     )
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="redeploy (replacing every replica) when a .py file under the working "
+        "directory changes",
+    )
+    run.add_argument(
+        "--non-blocking",
+        action="store_true",
+        help="start a detached instance serving it and return once it runs "
+        "(`swell shutdown` stops it)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     start = commands.add_parser("start", help="start a detached swell instance")
@@ -371,13 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("config", help="the config file (serveConfigV2 field names)")
     _add_client_options(deploy)
     deploy.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for RUNNING (%(default)s)"
+        "--timeout",
+        type=float,
+        default=_DEPLOY_TIMEOUT_S,
+        help="seconds to wait for RUNNING (%(default)s)",
     )
     deploy.set_defaults(handler=_cmd_deploy)
 
     status = commands.add_parser("status", help="show applications, deployments and replicas")
     _add_client_options(status)
     status.add_argument("--json", action="store_true", help="print the raw status document")
+    status.add_argument(
+        "--yaml", action="store_true", help="print it as Ray's `serve status` does (YAML)"
+    )
     status.set_defaults(handler=_cmd_status)
 
     config = commands.add_parser("config", help="print the config in force")

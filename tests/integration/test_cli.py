@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 import swell
 from tests.integration.conftest import children_of, free_port, pid_alive, wait_until
@@ -195,3 +196,83 @@ def test_invalid_option_fails_at_decoration_time() -> None:
         @swell.deployment(max_ongoing_requests=0)
         class Model:
             pass
+
+
+def test_run_non_blocking_then_status_as_ray_prints_it_then_shutdown_yes() -> None:
+    port, admin_port = free_port(), free_port()
+    address = f"http://127.0.0.1:{admin_port}"
+    started = _run_cli(
+        "run",
+        "examples.hello:app",
+        "--non-blocking",
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin_port),
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "every application is running" in started.stdout
+        answer = httpx.get(f"http://127.0.0.1:{port}/?name=Ada", timeout=30)
+        assert answer.json() == {"message": "Hello, Ada"}
+        status = _run_cli("status", "--yaml", "-a", address)
+        shaped = yaml.safe_load(status.stdout)
+        assert shaped["applications"]["default"]["status"] == "RUNNING"
+        assert shaped["applications"]["default"]["deployments"]["Hello"]["replica_states"] == {
+            "RUNNING": 2
+        }
+        assert list(shaped["proxies"].values()) == ["HEALTHY"]
+    finally:
+        stopped = _run_cli("shutdown", "-y", "--address", address)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def test_run_reload_redeploys_when_the_code_changes(tmp_path: Path) -> None:
+    module = tmp_path / "reloaded_app.py"
+    source = (
+        "import swell\n\n"
+        "@swell.deployment\n"
+        "def answer(request):\n"
+        "    return {version!r}\n\n"
+        "app = answer.bind()\n"
+    )
+    module.write_text(source.format(version="v1"))
+    port, admin_port = free_port(), free_port()
+    process = subprocess.Popen(
+        swell_command(
+            "run",
+            "reloaded_app:app",
+            "--reload",
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+        ),
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/"
+
+    def serves(version: str) -> bool:
+        try:
+            return httpx.get(url, timeout=5).text == version
+        except httpx.HTTPError:
+            return False
+
+    seen: list[int] = []
+    try:
+        wait_until(lambda: serves("v1") or process.poll() is not None, 60, "v1 to serve")
+        assert process.poll() is None
+        seen = descendants(process.pid)
+        module.write_text(source.format(version="v2"))
+        wait_until(lambda: serves("v2"), 90, "the edited code to serve")
+        seen += descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    wait_until(lambda: not any(pid_alive(p) for p in seen), 15, "every started process to exit")
