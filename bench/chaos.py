@@ -59,6 +59,7 @@ def main() -> None:
                 "sent": sent,
                 "failed": failed,
                 "by_kind": {k: [r.sent, r.failed] for k, r in outcome.reports.items()},
+                "why": {k: dict(r.reasons) for k, r in outcome.reports.items() if r.reasons},
                 "facts": outcome.facts,
             }
         )
