@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from swell.cli import build_parser
 from swell.config import ServeConfig
 from tests.kubernetes.kuberay_schema import SCHEMAS
 
@@ -145,6 +146,9 @@ def test_the_head_runs_ray_then_swell_with_the_assumed_flags(
     [script] = container["args"]
     ray_part, swell_part = script.split("&& exec ")
     assert shlex.split(swell_part) == HEAD_SWELL
+    # ...and swell's own CLI takes those flags (they name a Ray cluster and block).
+    parsed = build_parser().parse_args(HEAD_SWELL[1:])
+    assert (parsed.block, parsed.address, parsed.admin_port) == (True, "auto", ADMIN_PORT)
     ray_words = shlex.split(ray_part.split(";", 1)[1])
     assert ray_words[:3] == ["ray", "start", "--head"]
     # KubeRay's probes read rayStartParams: they must describe the Ray actually started.
