@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
+from swell._admin_backend import InstanceAdminBackend
 from swell._controller.admin_api import allowed_hosts, build_admin_app
 from swell._controller.controller import Controller
 from swell._controller.deployer import ConfigDeployer, Prepared
@@ -40,7 +41,7 @@ from swell._private_files import (
     token_path,
     write_private,
 )
-from swell.config import ControllerOptions, HTTPOptions, ServeConfig, validate_model
+from swell.config import ControllerOptions, HTTPOptions
 from swell.exceptions import ConfigError
 from swell.handle import close_routers, set_cluster_context
 
@@ -120,6 +121,7 @@ class SwellInstance:
         # On a Ray cluster (controller_options.address): every node's HAProxy, and the link.
         self.fleet: ProxyFleet | None = None
         self._ray: RayConnection | None = None
+        self.admin = InstanceAdminBackend(self)
         # Where replicas and other nodes reach this process (the node's IP on Ray).
         self._cluster_host = "127.0.0.1"
         self.admin_port: int | None = None
@@ -184,84 +186,26 @@ class SwellInstance:
         self._thread.join(_STOP_DEADLINE_S)
         self._disconnect()
 
-    # On the controller's thread: the admin API's backend ---------------------------------
+    @property
+    def on_ray(self) -> bool:
+        return self._ray is not None
+
+    # On the controller's thread: the admin API's backend lives in _admin_backend.py ---------
 
     def status_document(self) -> dict[str, Any]:
-        controller, deployer = self.controller, self.deployer
-        assert controller is not None and deployer is not None
-        status = controller.status()
-        deployer.overlay(status["applications"])
-        status["proxies"] = self._proxies_document()
-        status["http_options"] = self.http_options.model_dump(mode="json")
-        status["admin_port"] = self.admin_port
-        status["deployed_config"] = deployer.applied
-        # Ray Serve's fields that KubeRay's client knows (it ignores the rest).
-        status["deploy_mode"] = "MULTI_APP"
-        status["target_capacity"] = deployer.target_capacity()
-        return status
-
-    def _proxies_document(self) -> dict[str, Any]:
-        if self.fleet is not None:
-            return self.fleet.proxy_statuses()
-        ingress = self.ingress
-        assert ingress is not None
-        return {socket.gethostname(): ingress.describe()}
-
-    def note_demand(self, app_name: str, deployment: str) -> bool:
-        assert self.controller is not None
-        return self.controller.note_demand(app_name, deployment)
+        return self.admin.status_document()
 
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
 
-    async def watch_replica_set(
-        self, app_name: str, deployment: str, known_version: int, wait_s: float
-    ) -> dict[str, Any] | None:
-        assert self.controller is not None
-        return await self.controller.watch_replica_set(app_name, deployment, known_version, wait_s)
-
     def submit_config_threadsafe(self, document: Any, timeout: float = 30.0) -> None:
         """``submit_config`` from another thread (``swell run --reload``'s watcher)."""
 
         async def submit(controller: Controller) -> None:
-            self.submit_config(document)
+            self.admin.submit_config(document)
 
         self.call(submit, timeout)
-
-    def submit_config(self, document: Any) -> None:
-        """A PUT of the whole config: its schema now, the rest in the background."""
-        if not isinstance(document, dict):
-            raise ConfigError("the config must be a JSON object (serveConfigV2's fields)")
-        config: ServeConfig = validate_model(ServeConfig, document, "config")
-        self._check_http_options(config.http_options)
-        self._check_proxy_location(config)
-        assert self.deployer is not None
-        self.deployer.submit(config)
-
-    def _check_proxy_location(self, config: ServeConfig) -> None:
-        running = self.controller_options.proxy_location
-        if self._ray is None:
-            return  # one machine, one HAProxy: nothing to place
-        if "proxy_location" in config.model_fields_set and config.proxy_location != running:
-            raise ConfigError(
-                f"proxy_location={config.proxy_location!r} differs from the running instance's "
-                f"{running!r}; it applies when swell starts: restart it to change it."
-            )
-
-    def _check_http_options(self, wanted: HTTPOptions) -> None:
-        """HTTP options apply when swell starts; a PUT may repeat them, not change them."""
-        for field in sorted(wanted.model_fields_set):
-            if getattr(wanted, field) != getattr(self.http_options, field):
-                raise ConfigError(
-                    f"http_options.{field}={getattr(wanted, field)!r} differs from the running "
-                    f"instance's {getattr(self.http_options, field)!r}; HTTP options apply when "
-                    "swell starts: restart it to change them."
-                )
-
-    async def delete_all(self) -> None:
-        assert self.deployer is not None
-        await self.deployer.delete_all()
 
     # On the controller's thread -----------------------------------------------------------
 
@@ -451,7 +395,7 @@ class SwellInstance:
             cluster_hosts = allowed_hosts(self._cluster_host, cluster_port)
             hosts = None if hosts is None or cluster_hosts is None else hosts | cluster_hosts
             controller.controller_url = f"http://{self._cluster_host}:{cluster_port}"
-        app = build_admin_app(self, self.admin_token, controller.cluster_token, hosts)
+        app = build_admin_app(self.admin, self.admin_token, controller.cluster_token, hosts)
         set_cluster_context(ClusterContext(controller.controller_url, controller.cluster_token))
         return _serve_quietly(app, sockets, "swell-admin-api")
 

@@ -21,6 +21,7 @@ logger = logging.getLogger("swell.reload")
 
 RELOAD_MARKER = "SWELL_RELOAD_GENERATION"
 _DEBOUNCE_MS = 300
+_READY_TICK_MS = 200
 
 
 def with_generation(document: dict[str, Any], generation: int) -> dict[str, Any]:
@@ -38,19 +39,32 @@ def watch_and_redeploy(
     document: dict[str, Any],
     submit: Callable[[dict[str, Any]], None],
     stop: threading.Event,
+    ready_timeout_s: float = 10.0,
 ) -> threading.Thread:
-    """Watch ``directory`` on a thread until ``stop`` is set; each change calls ``submit``."""
+    """Watch ``directory`` on a thread until ``stop`` is set; each change calls ``submit``.
+
+    Returns once the watch is in place, so no edit made after this call is missed (call it
+    before the application is first imported).
+    """
     from watchfiles import PythonFilter, watch  # uvicorn[standard] brings it
 
+    ready = threading.Event()
+
     def run() -> None:
-        changes_seen = watch(
+        generation = 0
+        for changes in watch(
             directory,
             watch_filter=PythonFilter(),
             stop_event=stop,
             debounce=_DEBOUNCE_MS,
+            rust_timeout=_READY_TICK_MS,
+            yield_on_timeout=True,
             raise_interrupt=False,
-        )
-        for generation, changes in enumerate(changes_seen, start=1):
+        ):
+            ready.set()  # the first (empty) yield: the watch is in place
+            if not changes:
+                continue
+            generation += 1
             names = sorted({Path(path).name for _, path in changes})
             print(f"swell: {', '.join(names)} changed; redeploying", flush=True)
             try:
@@ -60,4 +74,6 @@ def watch_and_redeploy(
 
     thread = threading.Thread(target=run, name="swell-reload-watch", daemon=True)
     thread.start()
+    if not ready.wait(ready_timeout_s):
+        logger.warning("the --reload watch did not report ready within %ss", ready_timeout_s)
     return thread

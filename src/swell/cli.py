@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.non_blocking:
         return _run_detached(args)
     _signals.install()  # before anything starts: a Ctrl-C at any moment stops swell in order
+    if args.reload:
+        # Watching before the first import: an edit made while the app starts is not missed.
+        watch_and_redeploy(
+            Path.cwd(), _run_document(args), _submit_when_serving, _signals.stop_requested
+        )
+        print(f"swell: watching {Path.cwd()} for changes (--reload)", flush=True)
     if args.import_path.endswith((".yaml", ".yml")):
         config = load_config_file(args.import_path)
         _start_in_process(args, config.http_options, config.proxy_location)
@@ -108,18 +115,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "(Ctrl-C stops it)",
             flush=True,
         )
-    if args.reload:
-        instance = api._instance
-        assert instance is not None
-        watch_and_redeploy(
-            Path.cwd(),
-            _run_document(args),
-            instance.submit_config_threadsafe,
-            _signals.stop_requested,
-        )
-        print(f"swell: watching {Path.cwd()} for changes (--reload)", flush=True)
+    _serving.set()
     api._serve_until_signalled()
     return 0
+
+
+_serving = threading.Event()
+
+
+def _submit_when_serving(document: dict[str, Any]) -> None:
+    """--reload's redeploy: waits for the first deploy (an edit during it comes after)."""
+    while not _serving.wait(0.2):
+        if _signals.stop_requested.is_set():
+            return
+    instance = api._instance
+    if instance is not None:
+        instance.submit_config_threadsafe(document)
 
 
 def _run_detached(args: argparse.Namespace) -> int:
