@@ -32,6 +32,12 @@ def running_replicas(app: str = "default") -> dict[str, int | None]:
     return {r.replica_id: r.pid for d in deployments for r in d.replicas if r.state == "RUNNING"}
 
 
+def every_replica(app: str = "default") -> set[str]:
+    """Replica ids in any state (STARTING, RUNNING, STOPPING)."""
+    deployments = swell.status().applications[app].deployments.values()
+    return {r.replica_id for d in deployments for r in d.replicas}
+
+
 def haproxy_servers(app: str = "default") -> set[str]:
     instance = swell.api._instance
     assert instance is not None
@@ -148,7 +154,9 @@ def test_rolling_updates_leave_no_stale_servers(serve: Swell) -> None:
         for version in ("v2", "v3"):
             old = set(running_replicas())
             swell.run(apps.Versioned.bind(version))
-            wait_until(lambda old=old: not (set(running_replicas()) & old), 60, "old replicas")
+            # Gone from the status (not merely out of RUNNING: a draining replica is STOPPING
+            # and still in HAProxy until its requests end).
+            wait_until(lambda old=old: not (every_replica() & old), 60, "old replicas to go")
     assert all(ok for _, ok, _ in load.records)
     # Every old server left HAProxy as its replica stopped; none waits for a reconcile.
     assert haproxy_servers() == set(running_replicas())
