@@ -4,6 +4,7 @@
 """
 
 from swell.api import (
+    connect,
     delete,
     deployment,
     get_app_handle,
@@ -58,6 +59,7 @@ __all__ = [
     "SerializationError",
     "SwellError",
     "batch",
+    "connect",
     "delete",
     "deployment",
     "get_app_handle",

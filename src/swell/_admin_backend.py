@@ -64,6 +64,10 @@ class InstanceAdminBackend:
         assert self._instance.controller is not None
         return self._instance.controller.note_demand(app_name, deployment)
 
+    def ingress_deployment(self, app_name: str) -> str | None:
+        assert self._instance.controller is not None
+        return self._instance.controller.ingress_deployment(app_name)
+
     async def watch_replica_set(
         self, app_name: str, deployment: str, known_version: int, wait_s: float
     ) -> dict[str, Any] | None:

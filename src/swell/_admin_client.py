@@ -11,9 +11,16 @@ import httpx
 from swell._private_files import find_admin_token, read_token
 from swell._protocol import APPLICATIONS_PATH
 from swell._ray_env import ray_auth_token
+from swell.config import ControllerOptions
 from swell.exceptions import ConfigError, ControllerUnavailableError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def default_admin_address() -> str:
+    """Where a local instance started with default options serves its admin API."""
+    defaults = ControllerOptions()
+    return f"http://{defaults.admin_host}:{defaults.admin_port}"
 
 
 def resolve_token(address: str, token_file: str | None = None) -> str | None:

@@ -1,4 +1,4 @@
-"""``python -m swell._prepare RESULT_PATH``: import and validate a config in a fresh process.
+"""``python -m swell._prepare RESULT_PATH [SYS_PATH...]``: import and validate a config.
 
 The controller never imports user code itself: a config's modules are imported here, fresh
 (so changed code is seen). The outcome is pickled into RESULT_PATH, a file of its own, so what
@@ -22,6 +22,9 @@ from swell.exceptions import ConfigError
 
 def main() -> None:
     result_path = Path(sys.argv[1])
+    for entry in reversed(sys.argv[2:]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
     outcome: tuple[str, Any]
     try:
         config = validate_model(ServeConfig, json.load(sys.stdin), "config")

@@ -35,6 +35,9 @@ APPLICATIONS_PATH = "/api/serve/applications/"
 SHUTDOWN_PATH = "/api/swell/shutdown"
 REPLICA_SETS_PREFIX = "/api/swell/replica-sets/"
 DEMAND_PREFIX = "/api/swell/demand/"
+# Another process of the admin token's holder joins the cluster (handles) through these.
+CLUSTER_PATH = "/api/swell/cluster"
+INGRESS_PREFIX = "/api/swell/ingress/"
 ADMIN_HEALTH_PATH = "/-/healthz"
 
 # Every node's ingress answers this itself (HAProxy, no replica involved), with Ray Serve's

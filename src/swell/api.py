@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from swell import _local_testing, _signals
+from swell import _connect, _local_testing, _signals
 from swell._admin_client import admin_request, fetch_status
 from swell._context import ReplicaContext
 from swell._context import get_replica_context as _get_replica_context
@@ -187,16 +187,20 @@ def run(
 
 
 def get_app_handle(name: str) -> DeploymentHandle:
-    """A handle to an application's ingress deployment."""
+    """A handle to an application's ingress deployment.
+
+    Works in the process that runs swell, inside any replica, and in any other process of
+    the user who started swell (it joins through the admin API; see ``connect``)."""
     local = _local_testing.ingress_of(name)
     if local is not None:
         return DeploymentHandle(local, name)
-    instance = _require_instance()
+    if _instance is None:
+        return DeploymentHandle(_connect.ingress_deployment(name), name)
 
     async def ingress_of(controller: Controller) -> str | None:
         return controller.ingress_deployment(name)
 
-    deployment_name = instance.call(ingress_of, _CONTROLLER_CALL_TIMEOUT_S)
+    deployment_name = _instance.call(ingress_of, _CONTROLLER_CALL_TIMEOUT_S)
     if deployment_name is None:
         raise ConfigError(f"No application named {name!r} is running.")
     return DeploymentHandle(deployment_name, name)
@@ -209,7 +213,18 @@ def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> 
             app_name = _get_replica_context().app_name
         except RuntimeError:
             app_name = "default"
+    if _instance is None and _local_testing.router_for(app_name, deployment_name) is None:
+        _connect.ensure_connected()
     return DeploymentHandle(deployment_name, app_name)
+
+
+def connect(address: str | None = None, token_file: str | None = None) -> None:
+    """Join a running swell instance from this process, so that handles work here.
+
+    ``get_app_handle`` and ``get_deployment_handle`` do it by themselves for an instance on
+    the default admin address; call this for another one (``address`` is its admin API,
+    e.g. ``http://127.0.0.1:8265``)."""
+    _connect.connect(address, token_file)
 
 
 def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> None:

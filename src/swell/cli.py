@@ -19,7 +19,13 @@ from typing import Any
 import yaml
 
 from swell import _signals, api
-from swell._admin_client import resolve_token
+from swell._admin_client import default_admin_address, resolve_token
+from swell._app_source import (
+    apply_default_runtime_env,
+    runtime_env_from,
+    use_app_dir,
+    with_default_runtime_env,
+)
 from swell._import_path import load_application
 from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
@@ -39,7 +45,7 @@ from swell.exceptions import ControllerUnavailableError, DeploymentFailedError, 
 _DEFAULT_HTTP = HTTPOptions()
 _DEFAULT_CONTROLLER = ControllerOptions()
 _DEFAULT_RUN = RunOptions()
-_DEFAULT_ADDRESS = f"http://{_DEFAULT_CONTROLLER.admin_host}:{_DEFAULT_CONTROLLER.admin_port}"
+_DEFAULT_ADDRESS = default_admin_address()
 _START_DEADLINE_S = 60.0
 _DEPLOY_TIMEOUT_S = 600.0
 _POLL_S = 0.25
@@ -70,27 +76,47 @@ def _start_in_process(
     )
 
 
-def _run_document(args: argparse.Namespace) -> dict[str, Any]:
+def _run_document(args: argparse.Namespace, runtime_env: dict[str, Any] | None) -> dict[str, Any]:
     """What `swell run` serves, as a config document (a config file's, or one app's)."""
-    if args.import_path.endswith((".yaml", ".yml")):
+    if _is_config_file(args.import_path):
         document: dict[str, Any] = yaml.safe_load(Path(args.import_path).read_text()) or {}
-        return document
-    app = {"name": args.name, "route_prefix": args.route_prefix, "import_path": args.import_path}
+        return with_default_runtime_env(document, runtime_env)
+    app: dict[str, Any] = {
+        "name": args.name,
+        "route_prefix": args.route_prefix,
+        "import_path": args.import_path,
+    }
+    if runtime_env is not None:
+        app["runtime_env"] = runtime_env
     return {"applications": [app]}
 
 
+def _is_config_file(import_path: str) -> bool:
+    return import_path.endswith((".yaml", ".yml"))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    use_app_dir(args.app_dir)
+    runtime_env = runtime_env_from(args.runtime_env, args.runtime_env_json, args.working_dir)
     if args.non_blocking:
-        return _run_detached(args)
+        return _run_detached(args, runtime_env)
     _signals.install()  # before anything starts: a Ctrl-C at any moment stops swell in order
     if args.reload:
         # Watching before the first import: an edit made while the app starts is not missed.
         watch_and_redeploy(
-            Path.cwd(), _run_document(args), _submit_when_serving, _signals.stop_requested
+            Path.cwd(),
+            _run_document(args, runtime_env),
+            _submit_when_serving,
+            _signals.stop_requested,
         )
         print(f"swell: watching {Path.cwd()} for changes (--reload)", flush=True)
-    if args.import_path.endswith((".yaml", ".yml")):
-        config = load_config_file(args.import_path)
+    if _is_config_file(args.import_path) or runtime_env is not None:
+        if _is_config_file(args.import_path):
+            config = apply_default_runtime_env(load_config_file(args.import_path), runtime_env)
+        else:
+            document = _run_document(args, runtime_env)
+            document["http_options"] = {"host": args.host, "port": args.port}
+            config = validate_model(ServeConfig, document, "the command line")
         _start_in_process(args, config.http_options, config.proxy_location)
         try:
             api.run_config(config)
@@ -133,10 +159,10 @@ def _submit_when_serving(document: dict[str, Any]) -> None:
         instance.submit_config_threadsafe(document)
 
 
-def _run_detached(args: argparse.Namespace) -> int:
+def _run_detached(args: argparse.Namespace, runtime_env: dict[str, Any] | None) -> int:
     """`swell run --non-blocking`: a detached instance, as `swell start` makes, serving the app;
     returns once every application is RUNNING (`swell shutdown` stops it)."""
-    document = _run_document(args)
+    document = _run_document(args, runtime_env)
     http = document.setdefault("http_options", {})
     http.setdefault("host", args.host)
     http.setdefault("port", args.port)
@@ -150,6 +176,8 @@ def _run_detached(args: argparse.Namespace) -> int:
 
 def _cmd_serve_detached(args: argparse.Namespace) -> int:
     """The process ``swell start`` leaves running: an instance with no app until a deploy."""
+    if getattr(args, "app_dir", None):
+        use_app_dir(args.app_dir)
     _signals.install()
     _start_in_process(args, {"host": args.host, "port": args.port})
     print("swell: ready", flush=True)
@@ -208,6 +236,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         command += ["--state-dir", str(Path(args.state_dir).resolve())]
     if args.address:
         command += ["--address", args.address]
+    if getattr(args, "app_dir", None):
+        command += ["--app-dir", str(Path(args.app_dir).expanduser().resolve())]
     log_fd = open_private_log(log_path)
     try:
         process = subprocess.Popen(
@@ -305,6 +335,7 @@ def _cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    use_app_dir(args.app_dir)
     text = yaml.safe_dump(build_config(args.import_paths), sort_keys=False)
     if args.output:
         Path(args.output).write_text(text)
@@ -413,6 +444,31 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_app_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-d",
+        "--app-dir",
+        default=".",
+        help="directory to import the application from (%(default)s); replicas import from it too",
+    )
+
+
+def _add_app_source_options(parser: argparse.ArgumentParser) -> None:
+    """Ray's `serve run` flags for where the code comes from and its environment."""
+    _add_app_dir_option(parser)
+    parser.add_argument(
+        "--runtime-env",
+        help="a YAML file with the runtime_env (env_vars, working_dir) of every application "
+        "that sets none",
+    )
+    parser.add_argument("--runtime-env-json", help="the same runtime_env as a JSON string")
+    parser.add_argument(
+        "--working-dir",
+        help="a local directory the replicas run in and import from (overrides the "
+        "runtime_env's working_dir)",
+    )
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-a", "--address", default=_DEFAULT_ADDRESS, help="admin API address (%(default)s)"
@@ -451,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a detached instance serving it and return once it runs "
         "(`swell shutdown` stops it)",
     )
+    _add_app_source_options(run)
     run.set_defaults(handler=_cmd_run)
 
     start = commands.add_parser("start", help="start a detached swell instance")
@@ -466,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("_serve", help=argparse.SUPPRESS)
     _add_instance_options(serve)
+    serve.add_argument("--app-dir")
     serve.set_defaults(handler=_cmd_serve_detached)
 
     deploy = commands.add_parser("deploy", help="apply a config file to a running instance")
@@ -503,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "-o", "--output", "--output-path", help="file to write (default: standard output)"
     )
+    _add_app_dir_option(build)
     build.set_defaults(handler=_cmd_build)
     return parser
 

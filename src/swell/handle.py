@@ -43,6 +43,11 @@ def set_cluster_context(context: ClusterContext | None) -> None:
     _cluster = context
 
 
+def cluster_context() -> ClusterContext | None:
+    """The cluster this process belongs to, if it has joined one."""
+    return _cluster
+
+
 def close_routers() -> None:
     """Stop every router's watch and channels; called when swell shuts down in this process."""
     for loop, routers in list(_routers.items()):

@@ -10,6 +10,9 @@
 - ``POST /api/swell/shutdown``: stop this swell instance.
 - ``GET /api/swell/replica-sets/{app}/{deployment}?known_version=N``: the routers' watch; it
   answers as soon as the set differs from version N (or after ``wait_s``, at most 60).
+- ``GET /api/swell/cluster``: the cluster token, so that another process of the admin
+  token's holder can make handle calls (``swell.get_app_handle`` outside the instance).
+- ``GET /api/swell/ingress/{app}``: the name of an application's ingress deployment.
 - ``GET /-/healthz``: liveness, the one path open to anyone.
 
 Everything else requires the admin token (``Authorization: Bearer`` or
@@ -35,8 +38,10 @@ from swell._protocol import (
     ADMIN_HEALTH_PATH,
     ADMIN_TOKEN_HEADERS,
     APPLICATIONS_PATH,
+    CLUSTER_PATH,
     CLUSTER_TOKEN_HEADER,
     DEMAND_PREFIX,
+    INGRESS_PREFIX,
     REPLICA_SETS_PREFIX,
     SHUTDOWN_PATH,
 )
@@ -44,6 +49,8 @@ from swell.exceptions import ConfigError
 
 _MAX_CONFIG_BYTES = 16 << 20
 _API_TYPES = ("declarative", "imperative", "unknown")  # Ray Serve's values
+# What a cluster member (a replica, a process that joined) may read with the cluster token.
+_CLUSTER_PATHS = (REPLICA_SETS_PREFIX, DEMAND_PREFIX, INGRESS_PREFIX)
 
 
 class AdminBackend(Protocol):
@@ -60,6 +67,8 @@ class AdminBackend(Protocol):
     ) -> dict[str, Any] | None: ...
 
     def note_demand(self, app_name: str, deployment: str) -> bool: ...
+
+    def ingress_deployment(self, app_name: str) -> str | None: ...
 
 
 def allowed_hosts(bind_host: str, port: int) -> frozenset[str] | None:
@@ -104,7 +113,7 @@ class _Guard:
             if hmac.compare_digest(headers.get(name.encode(), b""), self._expected):
                 return None
         # Routers in replicas prove membership with the cluster token for their watch.
-        if path.startswith((REPLICA_SETS_PREFIX, DEMAND_PREFIX)) and hmac.compare_digest(
+        if path.startswith(_CLUSTER_PATHS) and hmac.compare_digest(
             headers.get(CLUSTER_TOKEN_HEADER.encode(), b""), self._cluster_token
         ):
             return None
@@ -179,6 +188,16 @@ def build_admin_app(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def cluster(request: Request) -> JSONResponse:
+        return JSONResponse({"cluster_token": cluster_token})
+
+    async def ingress(request: Request) -> JSONResponse:
+        app_name = request.path_params["app"]
+        deployment = backend.ingress_deployment(app_name)
+        if deployment is None:
+            return JSONResponse({"error": f"No application named {app_name!r} is running."}, 404)
+        return JSONResponse({"deployment": deployment})
+
     app = Starlette(
         routes=[
             Route(APPLICATIONS_PATH, applications, methods=["GET", "PUT", "DELETE"]),
@@ -186,6 +205,8 @@ def build_admin_app(
             Route(REPLICA_SETS_PREFIX + "{app}/{deployment}", replica_set, methods=["GET"]),
             Route(DEMAND_PREFIX + "{app}/{deployment}", demand, methods=["POST"]),
             Route(ADMIN_HEALTH_PATH, healthz, methods=["GET"]),
+            Route(CLUSTER_PATH, cluster, methods=["GET"]),
+            Route(INGRESS_PREFIX + "{app}", ingress, methods=["GET"]),
         ]
     )
     return _Guard(app, token, cluster_token, hosts)

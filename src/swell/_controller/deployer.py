@@ -60,6 +60,8 @@ async def prepare_in_subprocess(config: ServeConfig, work_dir: Path) -> Prepared
             "-m",
             "swell._prepare",
             str(result_path),
+            # What this process can import (``swell run --app-dir``), the import can too.
+            *sys.path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
