@@ -32,6 +32,7 @@ EXPECTED_ALL = [
     "SerializationError",
     "SwellError",
     "batch",
+    "connect",
     "delete",
     "deployment",
     "get_app_handle",
