@@ -8,7 +8,13 @@ from typing import Any, Protocol
 
 from swell._controller.controller import Controller
 from swell._controller.deployer import ConfigDeployer
-from swell.config import ControllerOptions, HTTPOptions, ServeConfig, validate_model
+from swell.config import (
+    ControllerOptions,
+    HTTPOptions,
+    ServeConfig,
+    gRPCOptions,
+    validate_model,
+)
 from swell.exceptions import ConfigError
 
 
@@ -20,6 +26,7 @@ class RunningInstance(Protocol):
     ingress: Any
     fleet: Any
     http_options: HTTPOptions
+    grpc_options: gRPCOptions
     controller_options: ControllerOptions
     admin_port: int | None
 
@@ -82,6 +89,7 @@ class InstanceAdminBackend:
             raise ConfigError("the config must be a JSON object (serveConfigV2's fields)")
         config: ServeConfig = validate_model(ServeConfig, document, "config")
         self._check_http_options(config.http_options)
+        self._check_grpc_options(config)
         self._check_proxy_location(config)
         assert self._instance.deployer is not None
         self._instance.deployer.submit(config)
@@ -104,6 +112,18 @@ class InstanceAdminBackend:
                 raise ConfigError(
                     f"http_options.{field}={getattr(wanted, field)!r} differs from the running "
                     f"instance's {getattr(running, field)!r}; HTTP options apply when swell "
+                    "starts: restart it to change them."
+                )
+
+    def _check_grpc_options(self, config: ServeConfig) -> None:
+        """gRPC options apply when swell starts, like HTTP's; a PUT may only repeat them."""
+        wanted = config.grpc_options
+        running = self._instance.grpc_options
+        for field in sorted(wanted.model_fields_set):
+            if getattr(wanted, field) != getattr(running, field):
+                raise ConfigError(
+                    f"grpc_options.{field}={getattr(wanted, field)!r} differs from the running "
+                    f"instance's {getattr(running, field)!r}; gRPC options apply when swell "
                     "starts: restart it to change them."
                 )
 

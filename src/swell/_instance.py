@@ -41,7 +41,7 @@ from swell._private_files import (
     token_path,
     write_private,
 )
-from swell.config import ControllerOptions, HTTPOptions
+from swell.config import ControllerOptions, HTTPOptions, gRPCOptions
 from swell.exceptions import ConfigError
 from swell.handle import close_routers, set_cluster_context
 
@@ -105,8 +105,14 @@ def _loopback_for(host: str) -> str:
 class SwellInstance:
     """Starts, serves and stops everything one ``swell.run``/``swell run`` needs."""
 
-    def __init__(self, http_options: HTTPOptions, controller_options: ControllerOptions) -> None:
+    def __init__(
+        self,
+        http_options: HTTPOptions,
+        controller_options: ControllerOptions,
+        grpc_options: gRPCOptions | None = None,
+    ) -> None:
         self.http_options = http_options
+        self.grpc_options = grpc_options or gRPCOptions()
         self.controller_options = controller_options
         self._thread = threading.Thread(
             target=self._thread_main, name="swell-controller", daemon=True
@@ -283,6 +289,7 @@ class SwellInstance:
                 work_dir,
                 wake_address,
                 survive_controller=checkpoint is not None,
+                grpc_options=self.grpc_options,
             )
         self.controller = Controller(
             engine,
@@ -291,6 +298,7 @@ class SwellInstance:
             cluster_token=saved["token"] if saved else None,
             survive_controller=checkpoint is not None,
             max_request_body_bytes=self.http_options.max_request_body_bytes,
+            grpc_options=self.grpc_options,
         )
         self.deployer = ConfigDeployer(self.controller, work_dir, self.controller._spawn)
         if saved is not None:

@@ -60,6 +60,17 @@ WAKE_SERVER = "swell_wake"
 BACKEND_QUEUE = "BACKEND"
 
 
+# The gRPC frontend's answer when no application matches (a gRPC NOT_FOUND, from HAProxy).
+GRPC_NO_APP_BACKEND = "swell_grpc_no_app"
+# gRPC metadata that names the application a call is for (Ray Serve's key).
+GRPC_APPLICATION_METADATA = "application"
+
+
+def grpc_backend_name(app_name: str) -> str:
+    """The HAProxy backend of one application's gRPC servers."""
+    return f"grpc_{app_name}"
+
+
 def backend_name(app_name: str) -> str:
     """The HAProxy backend of one application."""
     return f"app_{app_name}"

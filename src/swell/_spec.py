@@ -73,6 +73,9 @@ class ReplicaSpec:
     # The replica's place among its deployment's replicas (ReplicaContext.rank, world_size).
     rank: int = 0
     world_size: int = 1
+    # grpc_options for an ingress replica: it serves these services on a gRPC port of its own.
+    grpc_servicer_functions: tuple[str, ...] = ()
+    grpc_request_timeout_s: float | None = None
 
     def dumps(self) -> bytes:
         payload: bytes = cloudpickle.dumps(self)

@@ -15,6 +15,7 @@ from swell._context import ReplicaContext
 from swell._context import get_replica_context as _get_replica_context
 from swell._controller.controller import Controller
 from swell._controller.model import DeploymentTarget
+from swell._grpc_services import load_service_methods
 from swell._instance import SwellInstance
 from swell._ray_env import note_ignored_switches, ray_auth_token
 from swell._targets import deployment_targets, prepare_config
@@ -25,6 +26,7 @@ from swell.config import (
     ProxyLocation,
     RunOptions,
     ServeConfig,
+    gRPCOptions,
     validate_deployment_options,
     validate_model,
 )
@@ -113,13 +115,15 @@ def start(
     state_dir: str | None = None,
     address: str | None = None,
     proxy_location: ProxyLocation | None = None,
+    grpc_options: gRPCOptions | dict[str, Any] | None = None,
 ) -> None:
     """Start swell in this process (HAProxy, controller, admin API) if it is not running.
 
     With ``state_dir`` the controller checkpoints there, and a later start on the same
     directory adopts the HAProxy and replicas a killed controller left running. With
     ``address`` ("auto", or a Ray cluster's address) replicas run as actors on that Ray
-    cluster and ``proxy_location`` says which of its nodes get an HAProxy.
+    cluster and ``proxy_location`` says which of its nodes get an HAProxy. With
+    ``grpc_options`` listing servicer functions, HAProxy also serves gRPC on its port.
     """
     global _instance
     with _instance_lock:
@@ -145,14 +149,33 @@ def start(
         if proxy_location is not None:
             controller_settings["proxy_location"] = proxy_location
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
+        grpc = _checked_grpc_options(grpc_options, controller)
         note_ignored_switches()
-        instance = SwellInstance(http, controller)
+        instance = SwellInstance(http, controller, grpc)
         instance.start()
         _instance = instance
         if not _atexit_registered.is_set():
             # A script that ends without shutdown() still drains and stops its replicas.
             atexit.register(shutdown)
             _atexit_registered.set()
+
+
+def _checked_grpc_options(
+    options: gRPCOptions | dict[str, Any] | None, controller: ControllerOptions
+) -> gRPCOptions:
+    """Validate grpc_options, importing each servicer function now (a bad path names itself)."""
+    if isinstance(options, gRPCOptions):
+        grpc = options
+    else:
+        grpc = validate_model(gRPCOptions, options or {}, "grpc_options")
+    if grpc.enabled:
+        if controller.address is not None:
+            raise ConfigError(
+                "grpc_options.grpc_servicer_functions is not supported on a Ray cluster yet "
+                "(address is set); serve gRPC with the local engine, or drop grpc_options"
+            )
+        load_service_methods(grpc.grpc_servicer_functions)
+    return grpc
 
 
 def run(
@@ -239,7 +262,11 @@ def _deploy_and_wait(apps: list[tuple[RunOptions, list[DeploymentTarget]]]) -> N
 def run_config(config: ServeConfig, blocking: bool = False) -> None:
     """Deploy every application of a config file; all are validated before any is touched."""
     prepared = prepare_config(config)
-    start(http_options=config.http_options, proxy_location=config.proxy_location)
+    start(
+        http_options=config.http_options,
+        proxy_location=config.proxy_location,
+        grpc_options=config.grpc_options,
+    )
     _deploy_and_wait(prepared)
     if blocking:
         _serve_until_signalled()

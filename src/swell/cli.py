@@ -63,10 +63,14 @@ def _admin_token_from(args: argparse.Namespace) -> str | None:
 
 
 def _start_in_process(
-    args: argparse.Namespace, http_options: Any, proxy_location: ProxyLocation | None = None
+    args: argparse.Namespace,
+    http_options: Any,
+    proxy_location: ProxyLocation | None = None,
+    grpc_options: Any = None,
 ) -> None:
     api.start(
         http_options=http_options,
+        grpc_options=grpc_options,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         admin_token=_admin_token_from(args),
@@ -117,7 +121,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             document = _run_document(args, runtime_env)
             document["http_options"] = {"host": args.host, "port": args.port}
             config = validate_model(ServeConfig, document, "the command line")
-        _start_in_process(args, config.http_options, config.proxy_location)
+        _start_in_process(
+            args, config.http_options, config.proxy_location, config.grpc_options
+        )
         try:
             api.run_config(config)
         except BaseException:

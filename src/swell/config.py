@@ -295,6 +295,51 @@ class HTTPOptions(_Strict):
         return self.ssl_certfile is not None
 
 
+# ``package.module.add_XServicer_to_server`` or ``package.module:add_XServicer_to_server``.
+_SERVICER_PATH_PATTERN = re.compile(r"[A-Za-z_][\w.]*[.:][A-Za-z_]\w*")
+
+
+class gRPCOptions(_Strict):
+    """The gRPC ingress (HAProxy, h2c) on each node, and the services it serves.
+
+    Applied when swell starts. With no servicer functions there is no gRPC ingress at all.
+    """
+
+    port: int = Field(
+        default=9000,
+        ge=1,
+        le=65535,
+        description="Where HAProxy accepts gRPC (HTTP/2 without TLS) when "
+        "grpc_servicer_functions is set.",
+    )
+    grpc_servicer_functions: list[str] = Field(
+        default_factory=list,
+        description="Import paths of the generated add_XServicer_to_server functions; each "
+        "application's ingress deployment answers those services' methods, by name.",
+    )
+    request_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a gRPC call may run in the replica before it ends with "
+        "DEADLINE_EXCEEDED (a shorter client deadline wins). Default: none.",
+    )
+
+    @field_validator("grpc_servicer_functions")
+    @classmethod
+    def _paths_look_importable(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not _SERVICER_PATH_PATTERN.fullmatch(path):
+                raise ValueError(
+                    f"{path!r} is not an import path; give the generated function's full "
+                    "path, e.g. 'my_pb2_grpc.add_GreeterServicer_to_server'"
+                )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.grpc_servicer_functions)
+
+
 ProxyLocation = Literal["EveryNode", "HeadOnly", "Disabled"]
 
 
@@ -415,6 +460,7 @@ class ServeConfig(_Strict):
     # The definition (and default) lives in ControllerOptions; a config file may set it.
     proxy_location: ProxyLocation = ControllerOptions.model_fields["proxy_location"].default
     http_options: HTTPOptions = Field(default_factory=HTTPOptions)
+    grpc_options: gRPCOptions = Field(default_factory=gRPCOptions)
     logging_config: LoggingConfig | None = None
     applications: list[ApplicationConfig] = Field(default_factory=list)
     target_capacity: float | None = Field(

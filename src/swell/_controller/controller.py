@@ -26,6 +26,7 @@ from swell._controller.status_view import app_status, applications_document
 from swell._engines.base import Engine, ReadyInfo
 from swell._spec import ReplicaSpec
 from swell._tasks import TaskOwner
+from swell.config import gRPCOptions
 from swell.exceptions import ConfigError
 
 logger = logging.getLogger("swell.controller")
@@ -46,10 +47,12 @@ class Controller:
         survive_controller: bool = False,
         max_request_body_bytes: int | None = None,
         replica_client: ReplicaClient | None = None,
+        grpc_options: gRPCOptions | None = None,
     ) -> None:
         self.controller_url = ""  # where replicas' routers watch replica sets; set at start
         self._survive_controller = survive_controller
         self._max_request_body_bytes = max_request_body_bytes
+        self._grpc = grpc_options if grpc_options is not None and grpc_options.enabled else None
         self.checkpoint: Callable[[], None] | None = None
         self._engine = engine
         self._ingress = ingress
@@ -336,11 +339,21 @@ class Controller:
             max_request_body_bytes=self._max_request_body_bytes,
             rank=deployment.next_rank(replica_id),
             world_size=max(deployment.state.target, 1),
+            **self._grpc_settings(target.is_ingress),
         )
         deployment.state.on_started(replica_id, self._clock())
         deployment.starting[replica_id] = self._spawn(
             self._lifecycle.bring_up(app, deployment, spec), f"swell-start-{replica_id}"
         )
+
+    def _grpc_settings(self, is_ingress: bool) -> dict[str, Any]:
+        """An ingress replica's gRPC services (grpc_options), when swell serves gRPC."""
+        if self._grpc is None or not is_ingress:
+            return {}
+        return {
+            "grpc_servicer_functions": tuple(self._grpc.grpc_servicer_functions),
+            "grpc_request_timeout_s": self._grpc.request_timeout_s,
+        }
 
     # What the ingress's wake-up server and the routers ask ---------------------------------
 

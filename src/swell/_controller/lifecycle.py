@@ -36,6 +36,7 @@ class IngressManager(Protocol):
         address: str,
         maxconn: int,
         check_port: int | None = None,
+        grpc_port: int | None = None,
     ) -> None: ...
     async def drain_server(self, app_name: str, server_name: str) -> None: ...
     async def remove_server(self, app_name: str, server_name: str) -> None: ...
@@ -167,6 +168,8 @@ class ReplicaLifecycle:
                 ready.address,
                 deployment.target.config.max_ongoing_requests,
                 ready.control_port,
+                # Only replicas serving gRPC say so: ingresses without gRPC never see it.
+                **({"grpc_port": ready.grpc_port} if ready.grpc_port is not None else {}),
             ),
             _REPLICA_HAPROXY_DEADLINE_S,
         )

@@ -27,6 +27,8 @@ class ReadyInfo:
     start_time: int | None = None
     # The Ray node it runs on (the Ray engine only).
     node_id: str | None = None
+    # The gRPC listener of an ingress replica when grpc_options has servicer functions.
+    grpc_port: int | None = None
 
     @property
     def address(self) -> str:

@@ -109,6 +109,7 @@ class LocalReplica(_ProcessReplica):
                 _optional_int(event.get("data_port")),
                 _optional_int(event.get("control_port")),
                 process_start_time(self._pid),
+                grpc_port=_optional_int(event.get("grpc_port")),
             )
             self.ready_info = ready
             self._ready.set_result(ready)

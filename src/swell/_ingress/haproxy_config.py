@@ -27,7 +27,7 @@ from swell._protocol import (
     WAKE_SERVER,
     backend_name,
 )
-from swell.config import HTTPOptions
+from swell.config import HTTPOptions, gRPCOptions
 
 CHECK_INTERVAL_MS = 1000
 GENERATION_PREFIX = "swell generation "
@@ -65,6 +65,8 @@ class IngressSettings:
     # The controller's wake-up server: every app's backup, for scale from zero.
     wake_address: str | None = None
     tls: TLSSettings | None = None
+    # The gRPC frontend's port (grpc_options.port), when gRPC is served; see grpc_routes.py.
+    grpc_port: int | None = None
 
     @classmethod
     def from_options(
@@ -74,6 +76,7 @@ class IngressSettings:
         global_maxconn: int,
         wake_address: str | None = None,
         tls: TLSSettings | None = None,
+        grpc: gRPCOptions | None = None,
     ) -> IngressSettings:
         """The settings ``http_options`` asks for (their defaults live in config.py only)."""
         return cls(
@@ -89,6 +92,7 @@ class IngressSettings:
             max_body_bytes=options.max_request_body_bytes,
             wake_address=wake_address,
             tls=tls,
+            grpc_port=grpc.port if grpc is not None and grpc.enabled else None,
         )
 
 
@@ -102,6 +106,10 @@ class ServerEntry:
     draining: bool = False
     # Where HAProxy's health check goes (the replica's control listener); None: ``address``.
     check_port: int | None = None
+    # The replica's gRPC listener, when it serves gRPC (grpc_routes.py makes its entry).
+    grpc_port: int | None = None
+    # "h2" for a gRPC server: HAProxy speaks HTTP/2 to it (health checks stay HTTP/1.1).
+    proto: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,8 @@ def server_arguments(server: ServerEntry) -> str:
     ]
     if server.check_port is not None:
         words.append(f"port {server.check_port}")
+    if server.proto is not None:
+        words.append(f"proto {server.proto} check-proto h1")
     # Servers added at runtime get no idle-connection pool unless asked: without these,
     # every request would open (and reset) a new connection to the replica.
     words.append("pool-max-conn -1 pool-purge-delay 5s")
@@ -303,4 +313,8 @@ def render(
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
         if settings.wake_address is not None:
             lines.append(f"    server {WAKE_SERVER} {settings.wake_address} backup")
+    if settings.grpc_port is not None:
+        from swell._ingress.grpc_routes import render_grpc
+
+        lines += render_grpc(settings.bind_host, settings.grpc_port, backends)
     return "\n".join(lines) + "\n"

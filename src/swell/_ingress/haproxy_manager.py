@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from swell._ingress.grpc_routes import grpc_backends, sync_grpc
 from swell._ingress.haproxy_config import (
     BackendEntry,
     IngressSettings,
@@ -46,7 +47,7 @@ from swell._private_files import write_private
 from swell._procs import pid_alive
 from swell._protocol import DRAINING_BACKEND, DRAINING_FLAG, WAKE_SERVER, backend_name
 from swell._tasks import TaskOwner
-from swell.config import HTTPOptions
+from swell.config import HTTPOptions, gRPCOptions
 from swell.exceptions import HAProxyError
 
 __all__ = [
@@ -86,13 +87,19 @@ class HAProxyManager:
         runtime_dir: Path,
         wake_address: str | None = None,
         survive_controller: bool = False,
+        grpc_options: gRPCOptions | None = None,
     ) -> None:
         self._options = options
+        self._grpc_options = grpc_options
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
         self.version = ""
         self._settings = IngressSettings.from_options(
-            options, str(runtime_dir / "haproxy.sock"), global_maxconn(), wake_address
+            options,
+            str(runtime_dir / "haproxy.sock"),
+            global_maxconn(),
+            wake_address,
+            grpc=grpc_options,
         )
         self._config_path = runtime_dir / "haproxy.cfg"
         self._process = HAProxyProcess(
@@ -180,6 +187,8 @@ class HAProxyManager:
 
     async def start(self) -> None:
         ensure_port_free(self._options.host, self._options.port, "HTTP (the HAProxy ingress)")
+        if self._settings.grpc_port is not None:
+            ensure_port_free(self._options.host, self._settings.grpc_port, "gRPC (grpc_options)")
         self._prepare()
         async with self._lifecycle_lock:
             self._generation = 1
@@ -398,6 +407,7 @@ class HAProxyManager:
         address: str,
         maxconn: int,
         check_port: int | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         """Put a replica in service; ``check_port``: where health checks go (else ``address``).
 
@@ -408,7 +418,9 @@ class HAProxyManager:
         backend = self._backends.get(app_name)
         if backend is None or any(s.name == server_name for s in backend.servers):
             return
-        server = ServerEntry(server_name, address, maxconn, check_port=check_port)
+        server = ServerEntry(
+            server_name, address, maxconn, check_port=check_port, grpc_port=grpc_port
+        )
         self._with_servers(app_name, (*backend.servers, server))
         if not self._applies_now():
             return
@@ -425,6 +437,7 @@ class HAProxyManager:
                 raise
             except HAProxyUnavailable as error:
                 logger.warning("server %s: added on the next reconcile (%s)", server_name, error)
+        await self._sync_grpc(app_name)
 
     async def drain_server(self, app_name: str, server_name: str) -> None:
         backend = self._backends.get(app_name)
@@ -442,6 +455,7 @@ class HAProxyManager:
                 await self.runtime.drain_server(backend.name, server_name)
             except HAProxyError as error:
                 logger.warning("server %s: drained on the next reconcile (%s)", server_name, error)
+        await self._sync_grpc(app_name)
 
     async def remove_server(self, app_name: str, server_name: str) -> None:
         """Take a server out for good, waiting (bounded) until HAProxy lets it go.
@@ -456,10 +470,24 @@ class HAProxyManager:
         self._with_servers(app_name, tuple(s for s in backend.servers if s.name != server_name))
         if not self._applies_now():
             return
+        await self._sync_grpc(app_name)
         try:
             await self._remove_from_haproxy(backend.name, server_name)
         except HAProxyError as error:
             logger.warning("server %s: removed on the next reconcile (%s)", server_name, error)
+
+    async def _sync_grpc(self, app_name: str) -> None:
+        """Bring the app's gRPC backend in line with its HTTP one (grpc_routes.py)."""
+        backend = self._backends.get(app_name)
+        if self._settings.grpc_port is None or backend is None or not self._applies_now():
+            return
+        async with self._runtime_lock:
+            try:
+                await sync_grpc(self.runtime, backend)
+            except HAProxyError as error:
+                logger.warning(
+                    "gRPC backend of %s: synced on the next reconcile (%s)", app_name, error
+                )
 
     async def _remove_from_haproxy(self, backend: str, server_name: str) -> None:
         loop = asyncio.get_running_loop()
@@ -516,7 +544,10 @@ class HAProxyManager:
             return []
         async with self._runtime_lock:
             observed = await self.runtime.servers_state()
-            repairs = plan_repairs(list(self._backends.values()), observed)
+            desired = list(self._backends.values())
+            if self._settings.grpc_port is not None:
+                desired += grpc_backends(desired)
+            repairs = plan_repairs(desired, observed)
             for repair in repairs:
                 try:
                     await apply_repair(self.runtime, repair)

@@ -258,6 +258,7 @@ class ProxyFleet:
         address: str,
         maxconn: int,
         check_port: int | None = None,
+        grpc_port: int | None = None,  # gRPC ingress is local-engine only for now: unused
     ) -> None:
         async with self._lock:
             backend = self._backends.get(app_name)

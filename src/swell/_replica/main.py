@@ -91,6 +91,17 @@ async def _serve(spec: Any, events_fd: int) -> int:
         replica_id=spec.replica_id,
     )
     dataplane_server, data_port = await start_dataplane(service, spec.host)
+    grpc_ingress = None
+    if spec.grpc_servicer_functions:
+        try:
+            from swell._replica.grpc_server import start_grpc_ingress
+
+            grpc_ingress = await start_grpc_ingress(
+                spec.grpc_servicer_functions, user, app, spec.host, spec.grpc_request_timeout_s
+            )
+        except BaseException:
+            _emit(events_fd, {"event": "failed", "error": traceback.format_exc()})
+            return 1
     app.handle_load = service.load
     user_socket = _listen(spec.host)
     control_socket = _listen(spec.host)
@@ -119,6 +130,8 @@ async def _serve(spec: Any, events_fd: int) -> int:
         app.draining = True
         service.start_draining()  # handle calls go to other replicas from now on
         server.should_exit = True
+        if grpc_ingress is not None:
+            grpc_ingress.begin_stop(spec.config.graceful_shutdown_timeout_s)
 
     def on_lifeline_readable() -> None:
         if not os.read(0, 4096):  # EOF: the controller is gone
@@ -148,9 +161,12 @@ async def _serve(spec: Any, events_fd: int) -> int:
             "pid": os.getpid(),
             "data_port": data_port,
             "control_port": app.control_port,
+            "grpc_port": grpc_ingress.port if grpc_ingress is not None else None,
         },
     )
     await serving
+    if grpc_ingress is not None:
+        await grpc_ingress.wait_stopped(spec.config.graceful_shutdown_timeout_s)
     # HTTP has drained; let in-flight handle calls finish within the same grace period.
     await stop_dataplane(dataplane_server, service, spec.config.graceful_shutdown_timeout_s)
     try:

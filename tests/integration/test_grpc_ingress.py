@@ -1,0 +1,257 @@
+"""gRPC ingress: a real grpcio client through the real HAProxy to real replica processes.
+
+The test service is compiled from a .proto with grpcio-tools into a temporary directory at
+test time, as a user would generate it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import swell
+from swell import api
+from swell._protocol import grpc_backend_name
+from tests.integration import grpc_apps
+from tests.integration.conftest import (
+    children_of,
+    free_port,
+    haproxy_binaries,
+    pid_alive,
+    started_pids,
+    wait_until,
+)
+
+PROTO = """
+syntax = "proto3";
+package swelltest;
+
+message Ask {
+  string name = 1;
+  int32 count = 2;
+  double delay_s = 3;
+}
+
+message Reply {
+  string text = 1;
+  string replica = 2;
+}
+
+service Greeter {
+  rpc Greet(Ask) returns (Reply);
+  rpc Count(Ask) returns (stream Reply);
+  rpc Fail(Ask) returns (Reply);
+  rpc Slow(Ask) returns (Reply);
+  rpc Cancelled(Ask) returns (Reply);
+  rpc WithContext(Ask) returns (Reply);
+  rpc NotOnTheDeployment(Ask) returns (Reply);
+}
+"""
+SERVICER = "swell_grpc_test_pb2_grpc.add_GreeterServicer_to_server"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Compile the .proto (as `python -m grpc_tools.protoc` would) and import the result."""
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("proto")
+    (out / "swell_grpc_test.proto").write_text(PROTO)
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{out}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(out / "swell_grpc_test.proto"),
+        ]
+    )
+    assert code == 0
+    sys.path.insert(0, str(out))  # replicas inherit sys.path, so they find it too
+    try:
+        import swell_grpc_test_pb2 as pb2
+        import swell_grpc_test_pb2_grpc as pb2_grpc
+
+        yield pb2, pb2_grpc
+    finally:
+        sys.path.remove(str(out))
+
+
+class GrpcSwell:
+    def __init__(self, grpc_port: int, pb2: Any, pb2_grpc: Any) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        self.stub = pb2_grpc.GreeterStub(self.channel)
+        self.pb2 = pb2
+
+
+def _start(binary: str | None, pb2: Any, pb2_grpc: Any, **grpc_extra: Any) -> GrpcSwell:
+    http: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
+    if binary:
+        http["haproxy_binary"] = binary
+    grpc_port = free_port()
+    swell.start(
+        http_options=http,
+        admin_port=0,
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER], **grpc_extra},
+    )
+    return GrpcSwell(grpc_port, pb2, pb2_grpc)
+
+
+@pytest.fixture
+def grpc_serve(request: pytest.FixtureRequest, generated: Any) -> Iterator[GrpcSwell]:
+    pb2, pb2_grpc = generated
+    options = getattr(request, "param", {}) or {}
+    binary = options.pop("binary", None) if isinstance(options, dict) else None
+    instance = _start(binary, pb2, pb2_grpc, **options)
+    pids: list[int] = []
+    try:
+        yield instance
+        pids = started_pids()
+        pids += [child for pid in pids for child in children_of(pid)]
+    finally:
+        instance.channel.close()
+        swell.shutdown()
+    for pid in pids:
+        wait_until(lambda pid=pid: not pid_alive(pid), 15, f"process {pid} to exit")
+
+
+def _code(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error: Any = caught.value
+    return error.code(), error.details()
+
+
+@pytest.mark.parametrize("grpc_serve", [{"binary": b} for b in haproxy_binaries()], indirect=True)
+def test_unary_streaming_and_errors_through_each_haproxy(grpc_serve: GrpcSwell) -> None:
+    swell.run(grpc_apps.greeter_app, name="greeter")
+    stub, pb2 = grpc_serve.stub, grpc_serve.pb2
+    # One application: the `application` metadata may be left out, as in Ray Serve.
+    reply, call = stub.Greet.with_call(pb2.Ask(name="ada"), timeout=30)
+    assert reply.text == "hello ada"
+    trailing = dict(call.trailing_metadata())
+    assert trailing["request_id"]
+    _, call = stub.Greet.with_call(
+        pb2.Ask(name="ada"),
+        metadata=(("application", "greeter"), ("request_id", "r-1")),
+        timeout=30,
+    )
+    assert dict(call.trailing_metadata())["request_id"] == "r-1"
+    texts = [r.text for r in stub.Count(pb2.Ask(count=3), timeout=30)]
+    assert texts == ["hello 0", "hello 1", "hello 2"]
+    code, details = _code(lambda: stub.Fail(pb2.Ask(name="bob"), timeout=30))
+    assert code is grpc.StatusCode.INTERNAL
+    assert "ValueError: cannot greet bob" in details
+    code, details = _code(lambda: stub.NotOnTheDeployment(pb2.Ask(), timeout=30))
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    assert "NotOnTheDeployment" in details
+    reply, call = stub.WithContext.with_call(pb2.Ask(name="cy"), timeout=30)
+    assert reply.text == "with context"
+    assert dict(call.trailing_metadata())["greeted"] == "cy"
+    # The HTTP ingress still serves the same application.
+    code, details = _code(
+        lambda: stub.Greet(pb2.Ask(), metadata=(("application", "nope"),), timeout=30)
+    )
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert "'nope' not found" in details and "greeter" in details
+
+
+def test_routes_between_two_apps_by_metadata(grpc_serve: GrpcSwell) -> None:
+    swell.run(grpc_apps.Greeter.bind("hi"), name="one", route_prefix="/one")
+    swell.run(grpc_apps.Greeter.bind("hey"), name="two", route_prefix="/two")
+    stub, pb2 = grpc_serve.stub, grpc_serve.pb2
+    for app, greeting in (("one", "hi"), ("two", "hey")):
+        reply = stub.Greet(pb2.Ask(name="x"), metadata=(("application", app),), timeout=30)
+        assert reply.text == f"{greeting} x"
+    # Two applications: a call must say which one.
+    code, details = _code(lambda: stub.Greet(pb2.Ask(), timeout=30))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert "one, two" in details
+    swell.delete("two")
+    code, _ = _code(lambda: stub.Greet(pb2.Ask(), metadata=(("application", "two"),), timeout=30))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert stub.Greet(pb2.Ask(name="y"), timeout=30).text == "hi y"
+
+
+@pytest.mark.parametrize("grpc_serve", [{"request_timeout_s": 1.0}], indirect=True)
+def test_deadlines_and_cancellation_reach_the_user_call(grpc_serve: GrpcSwell) -> None:
+    swell.run(grpc_apps.greeter_app, name="greeter")
+    stub, pb2 = grpc_serve.stub, grpc_serve.pb2
+    # The client's deadline: the call ends with DEADLINE_EXCEEDED and the user's call is
+    # cancelled in the replica.
+    code, _ = _code(lambda: stub.Slow(pb2.Ask(delay_s=60), timeout=0.5))
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(lambda: _slow_calls(grpc_serve) == "started 1 cancelled 1", 15, "the cancel")
+    # A client that cancels: the same.
+    future = stub.Slow.future(pb2.Ask(delay_s=60), timeout=60)
+    wait_until(lambda: _slow_calls(grpc_serve) == "started 2 cancelled 1", 15, "the start")
+    future.cancel()
+    wait_until(lambda: _slow_calls(grpc_serve) == "started 2 cancelled 2", 15, "the cancel")
+    # grpc_options.request_timeout_s: the replica ends a call that runs past it.
+    code, details = _code(lambda: stub.Slow(pb2.Ask(delay_s=60), timeout=30))
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "request_timeout_s" in details
+    assert stub.Slow(pb2.Ask(delay_s=0.01), timeout=30).text == "slept"
+
+
+def _slow_calls(serve: GrpcSwell) -> str:
+    text: str = serve.stub.Cancelled(serve.pb2.Ask(), timeout=30).text
+    return text
+
+
+def _grpc_servers(app: str) -> set[str]:
+    """The servers HAProxy has in the app's gRPC backend, in service (not in maintenance)."""
+    import asyncio
+
+    instance = api._instance
+    assert instance is not None and instance.ingress is not None
+    runtime = instance.ingress.runtime
+    loop = instance._loop
+    assert loop is not None
+    state = asyncio.run_coroutine_threadsafe(runtime.servers_state(), loop).result(10)
+    servers = state.get(grpc_backend_name(app), {})
+    return {name for name, s in servers.items() if not s.maintenance}
+
+
+def test_membership_follows_scaling_and_replacement(grpc_serve: GrpcSwell) -> None:
+    swell.run(grpc_apps.Greeter.options(num_replicas=1).bind("v1"), name="greeter")
+    stub, pb2 = grpc_serve.stub, grpc_serve.pb2
+    assert stub.Greet(pb2.Ask(name="a"), timeout=30).text == "v1 a"
+    first = _grpc_servers("greeter")
+    assert len(first) == 1
+    # A new version with two replicas: both old replicas are replaced, and HAProxy's gRPC
+    # backend follows through the runtime API.
+    swell.run(grpc_apps.Greeter.options(num_replicas=2).bind("v2"), name="greeter")
+    wait_until(
+        lambda: len(_grpc_servers("greeter")) == 2 and not (_grpc_servers("greeter") & first),
+        30,
+        "the gRPC backend to hold the two new replicas only",
+    )
+    seen = set()
+    for _ in range(40):
+        reply = stub.Greet(pb2.Ask(name="b"), timeout=30)
+        assert reply.text == "v2 b"
+        seen.add(reply.replica)
+    assert len(seen) == 2
+
+
+def test_a_bad_servicer_path_is_refused_before_anything_starts(generated: Any) -> None:
+    with pytest.raises(swell.ConfigError, match="no_such_module_pb2_grpc.add_X_to_server"):
+        swell.start(
+            http_options={"port": free_port()},
+            admin_port=0,
+            grpc_options={"grpc_servicer_functions": ["no_such_module_pb2_grpc.add_X_to_server"]},
+        )
+    assert api._instance is None
+    with pytest.raises(swell.ConfigError, match="not an import path"):
+        swell.start(
+            http_options={"port": free_port()},
+            admin_port=0,
+            grpc_options={"grpc_servicer_functions": ["not a path"]},
+        )
+    assert api._instance is None
