@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -241,7 +240,7 @@ def test_membership_follows_scaling_and_replacement(grpc_serve: GrpcSwell) -> No
 
 
 def test_a_bad_servicer_path_is_refused_before_anything_starts(generated: Any) -> None:
-    with pytest.raises(swell.ConfigError, match="no_such_module_pb2_grpc.add_X_to_server"):
+    with pytest.raises(swell.ConfigError, match=r"no_such_module_pb2_grpc\.add_X_to_server"):
         swell.start(
             http_options={"port": free_port()},
             admin_port=0,
