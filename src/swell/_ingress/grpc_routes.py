@@ -67,7 +67,7 @@ def _grpc_return(message: str, condition: str = "") -> str:
     """A trailers-only gRPC answer from HAProxy itself (grpc-status in the headers)."""
     escaped = message.replace("\\", "\\\\").replace('"', '\\"')
     line = (
-        "    http-request return status 200 content-type application/grpc "
+        "    http-request return status 200 "
         f'hdr grpc-status {_NOT_FOUND} hdr grpc-message "{escaped}"'
     )
     return f"{line} {condition}" if condition else line
@@ -95,6 +95,8 @@ def render_grpc(host: str, port: int, backends: list[BackendEntry]) -> list[str]
     lines += [
         "",
         f"backend {GRPC_NO_APP_BACKEND}",
+        # An answer without a body gets no content-type from `return`; gRPC clients want one.
+        "    http-after-response set-header content-type application/grpc",
         _grpc_return(
             f"Application '%[{metadata}]' not found; set the '{GRPC_APPLICATION_METADATA}' "
             f"metadata to one of: {listed}",
