@@ -64,6 +64,10 @@ BACKEND_QUEUE = "BACKEND"
 GRPC_NO_APP_BACKEND = "swell_grpc_no_app"
 # gRPC metadata that names the application a call is for (Ray Serve's key).
 GRPC_APPLICATION_METADATA = "application"
+# Ray Serve's gRPC health service: Healthz and ListApplications. HAProxy sends such calls to
+# any app's replica with the names of all applications in GRPC_APPLICATIONS_HEADER.
+GRPC_API_SERVICE = "ray.serve.RayServeAPIService"
+GRPC_APPLICATIONS_HEADER = "x-swell-applications"
 
 
 def grpc_backend_name(app_name: str) -> str:

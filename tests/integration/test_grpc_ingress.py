@@ -160,6 +160,30 @@ def test_unary_streaming_and_errors_through_each_haproxy(grpc_serve: GrpcSwell) 
     assert "'nope' not found" in details and "greeter" in details
 
 
+def _ray_api_call(serve: GrpcSwell, method: str, response: str) -> Any:
+    """Call Ray Serve's RayServeAPIService with its documented messages, built in a private
+    descriptor pool (Ray's own generated module may share this process's default pool)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fields = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="swell_test_ray_api.proto", package="ray.serve")
+    listed = file.message_type.add(name="ListApplicationsResponse")
+    listed.field.add(
+        name="application_names", number=1, type=fields.TYPE_STRING, label=fields.LABEL_REPEATED
+    )
+    health = file.message_type.add(name="HealthzResponse")
+    health.field.add(name="message", number=1, type=fields.TYPE_STRING, label=fields.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    reply = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"ray.serve.{response}"))
+    call = serve.channel.unary_unary(
+        f"/ray.serve.RayServeAPIService/{method}",
+        request_serializer=lambda _: b"",  # both requests are empty messages
+        response_deserializer=reply.FromString,
+    )
+    return call(None, timeout=30)
+
+
 def test_routes_between_two_apps_by_metadata(grpc_serve: GrpcSwell) -> None:
     swell.run(grpc_apps.Greeter.bind("hi"), name="one", route_prefix="/one")
     swell.run(grpc_apps.Greeter.bind("hey"), name="two", route_prefix="/two")
@@ -171,6 +195,10 @@ def test_routes_between_two_apps_by_metadata(grpc_serve: GrpcSwell) -> None:
     code, details = _code(lambda: stub.Greet(pb2.Ask(), timeout=30))
     assert code is grpc.StatusCode.NOT_FOUND
     assert "one, two" in details
+    # Ray's health service, answered whatever the metadata says.
+    listed = _ray_api_call(grpc_serve, "ListApplications", "ListApplicationsResponse")
+    assert list(listed.application_names) == ["one", "two"]
+    assert _ray_api_call(grpc_serve, "Healthz", "HealthzResponse").message == "success"
     swell.delete("two")
     code, _ = _code(lambda: stub.Greet(pb2.Ask(), metadata=(("application", "two"),), timeout=30))
     assert code is grpc.StatusCode.NOT_FOUND

@@ -20,14 +20,18 @@ from swell._ingress.haproxy_reconcile import apply_repair, plan_repairs
 from swell._ingress.haproxy_runtime import HAProxyRuntime
 from swell._protocol import (
     CONTROL_READY_PATH,
+    DRAINING_BACKEND,
+    GRPC_API_SERVICE,
     GRPC_APPLICATION_METADATA,
+    GRPC_APPLICATIONS_HEADER,
     GRPC_NO_APP_BACKEND,
     grpc_backend_name,
 )
 
 _FRONTEND = "swell_grpc"
-# gRPC status NOT_FOUND, as Ray Serve answers a call for no (or an unknown) application.
+# gRPC status codes HAProxy answers with itself: no such application, and cannot serve now.
 _NOT_FOUND = 5
+_UNAVAILABLE = 14
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,10 @@ async def sync_grpc(runtime: HAProxyRuntime, backend: BackendEntry) -> None:
         await apply_repair(runtime, repair)
 
 
-def _grpc_return(message: str, condition: str = "") -> str:
+def _grpc_return(message: str, condition: str = "", code: int = _NOT_FOUND) -> str:
     """A trailers-only gRPC answer from HAProxy itself (grpc-status in the headers)."""
     escaped = message.replace("\\", "\\\\").replace('"', '\\"')
-    line = (
-        "    http-request return status 200 "
-        f'hdr grpc-status {_NOT_FOUND} hdr grpc-message "{escaped}"'
-    )
+    line = f'    http-request return status 200 hdr grpc-status {code} hdr grpc-message "{escaped}"'
     return f"{line} {condition}" if condition else line
 
 
@@ -83,8 +84,24 @@ def render_grpc(host: str, port: int, backends: list[BackendEntry]) -> list[str]
         f"    bind {host}:{port} proto h2",
         # A call the replica may have started is never sent again.
         "    http-request disable-l7-retry",
+        # HAProxy's own answers carry no body, so `return` gives them no content-type.
+        "    http-after-response set-header content-type application/grpc "
+        "unless { res.hdr(content-type) -m found }",
         f"    acl swell_grpc_app_given {metadata} -m found",
+        f"    acl swell_grpc_api path_beg /{GRPC_API_SERVICE}/",
+        # Ray's health service: UNAVAILABLE while this node's ingress drains; else any
+        # application's replica answers, told every application's name.
+        _grpc_return(
+            "draining", f"if swell_grpc_api {{ nbsrv({DRAINING_BACKEND}) gt 0 }}", _UNAVAILABLE
+        ),
+        # App names are letters, digits, '_', '.', '-' only: safe inside quotes as they are.
+        f'    http-request set-header {GRPC_APPLICATIONS_HEADER} "{",".join(apps)}"'
+        if apps
+        else f"    http-request del-header {GRPC_APPLICATIONS_HEADER}",
     ]
+    for app in apps:
+        target = grpc_backend_name(app)
+        lines.append(f"    use_backend {target} if swell_grpc_api {{ nbsrv({target}) gt 0 }}")
     for app in apps:
         lines.append(f"    use_backend {grpc_backend_name(app)} if {{ {metadata} -m str {app} }}")
     if len(apps) == 1:
@@ -95,8 +112,11 @@ def render_grpc(host: str, port: int, backends: list[BackendEntry]) -> list[str]
     lines += [
         "",
         f"backend {GRPC_NO_APP_BACKEND}",
-        # An answer without a body gets no content-type from `return`; gRPC clients want one.
-        "    http-after-response set-header content-type application/grpc",
+        _grpc_return(
+            "no application has a replica serving yet",
+            f"if {{ path_beg /{GRPC_API_SERVICE}/ }}",
+            _UNAVAILABLE,
+        ),
         _grpc_return(
             f"Application '%[{metadata}]' not found; set the '{GRPC_APPLICATION_METADATA}' "
             f"metadata to one of: {listed}",

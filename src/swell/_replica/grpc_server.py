@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 
 from swell._grpc_services import ServiceMethod, load_service_methods
+from swell._protocol import GRPC_API_SERVICE, GRPC_APPLICATIONS_HEADER
 from swell._replica.user_callable import UserCallable
 from swell.exceptions import BackPressureError, ReplicaUnavailableError
 
@@ -87,6 +88,7 @@ class GrpcIngress:
         self._timeout_s = request_timeout_s
         self._takes_context: dict[str, bool] = {}
         handlers = {m.path: self._handler(m) for m in methods if not m.request_streaming}
+        handlers.update(_api_service())
         self._server = grpc.aio.server(handlers=[_Dispatch(handlers)])
         self._stopping: asyncio.Task[None] | None = None
         self.port = 0
@@ -204,6 +206,44 @@ class GrpcIngress:
             await context.abort(failure.code, failure.details)
 
         return answer
+
+
+def _string_field(value: str) -> bytes:
+    """Protobuf's encoding of a string in field 1 (all Ray's health messages need)."""
+    data = value.encode()
+    length = len(data)
+    varint = bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        varint.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return b"\x0a" + bytes(varint) + data
+
+
+def _api_service() -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """Ray Serve's RayServeAPIService (Healthz, ListApplications), without generated code:
+    both requests are empty and both answers are one string field (repeated for the list)."""
+
+    async def healthz(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return _string_field("success")
+
+    async def list_applications(
+        request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        names = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == GRPC_APPLICATIONS_HEADER and isinstance(value, str):
+                names = value
+        return b"".join(_string_field(name) for name in names.split(",") if name)
+
+    return {
+        f"/{GRPC_API_SERVICE}/Healthz": grpc.unary_unary_rpc_method_handler(healthz),
+        f"/{GRPC_API_SERVICE}/ListApplications": grpc.unary_unary_rpc_method_handler(
+            list_applications
+        ),
+    }
 
 
 class _Dispatch(grpc.GenericRpcHandler):
