@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     free_port,
     haproxy_binaries,
     pid_alive,
+    replica_stats,
     started_pids,
     wait_until,
 )
@@ -88,8 +89,10 @@ class GrpcSwell:
         self.pb2 = pb2
 
 
-def _start(binary: str | None, pb2: Any, pb2_grpc: Any, **grpc_extra: Any) -> GrpcSwell:
-    http: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
+def _start(
+    binary: str | None, pb2: Any, pb2_grpc: Any, http_extra: dict[str, Any], **grpc_extra: Any
+) -> GrpcSwell:
+    http: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), **http_extra}
     if binary:
         http["haproxy_binary"] = binary
     grpc_port = free_port()
@@ -104,9 +107,10 @@ def _start(binary: str | None, pb2: Any, pb2_grpc: Any, **grpc_extra: Any) -> Gr
 @pytest.fixture
 def grpc_serve(request: pytest.FixtureRequest, generated: Any) -> Iterator[GrpcSwell]:
     pb2, pb2_grpc = generated
-    options = getattr(request, "param", {}) or {}
-    binary = options.pop("binary", None) if isinstance(options, dict) else None
-    instance = _start(binary, pb2, pb2_grpc, **options)
+    options = dict(getattr(request, "param", {}) or {})
+    binary = options.pop("binary", None)
+    http_extra = options.pop("http", {})
+    instance = _start(binary, pb2, pb2_grpc, http_extra, **options)
     pids: list[int] = []
     try:
         yield instance
@@ -229,6 +233,26 @@ def test_deadlines_and_cancellation_reach_the_user_call(grpc_serve: GrpcSwell) -
 def _slow_calls(serve: GrpcSwell) -> str:
     text: str = serve.stub.Cancelled(serve.pb2.Ask(), timeout=30).text
     return text
+
+
+@pytest.mark.parametrize("grpc_serve", [{"http": {"queue_timeout_s": 0.5}}], indirect=True)
+def test_calls_past_max_ongoing_requests_queue_then_get_unavailable(
+    grpc_serve: GrpcSwell,
+) -> None:
+    swell.run(grpc_apps.Greeter.options(max_ongoing_requests=1).bind(), name="greeter")
+    stub, pb2 = grpc_serve.stub, grpc_serve.pb2
+    instance = api._instance
+    assert instance is not None and instance.ingress is not None
+    (replica,) = instance.ingress.backends["greeter"].servers
+    control = f"127.0.0.1:{replica.check_port}"
+    busy = stub.Slow.future(pb2.Ask(delay_s=60), timeout=60)
+    wait_until(lambda: replica_stats(control)["ongoing"] == 1, 15, "the slow call to start")
+    # The one slot is taken: HAProxy queues the next call, then gives up (503 -> UNAVAILABLE).
+    code, _ = _code(lambda: stub.Greet(pb2.Ask(name="z"), timeout=30))
+    assert code is grpc.StatusCode.UNAVAILABLE
+    busy.cancel()
+    wait_until(lambda: replica_stats(control)["ongoing"] == 0, 15, "the slot to free up")
+    assert stub.Greet(pb2.Ask(name="z"), timeout=30).text == "hello z"
 
 
 def _grpc_servers(app: str) -> set[str]:
