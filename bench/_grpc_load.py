@@ -16,9 +16,7 @@ import sys
 import time
 
 
-async def _load(
-    target: str, concurrency: int, seconds: float, app: str | None
-) -> dict[str, float]:
+async def _load(target: str, concurrency: int, seconds: float, app: str | None) -> dict[str, float]:
     import bench_noop_pb2  # type: ignore[import-not-found]
     import bench_noop_pb2_grpc  # type: ignore[import-not-found]
     import grpc
