@@ -121,9 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             document = _run_document(args, runtime_env)
             document["http_options"] = {"host": args.host, "port": args.port}
             config = validate_model(ServeConfig, document, "the command line")
-        _start_in_process(
-            args, config.http_options, config.proxy_location, config.grpc_options
-        )
+        _start_in_process(args, config.http_options, config.proxy_location, config.grpc_options)
         try:
             api.run_config(config)
         except BaseException:
