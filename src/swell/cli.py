@@ -70,7 +70,7 @@ def _start_in_process(
 ) -> None:
     api.start(
         http_options=http_options,
-        grpc_options=grpc_options,
+        grpc_options=grpc_options if grpc_options is not None else _grpc_options_of(args),
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         admin_token=_admin_token_from(args),
@@ -78,6 +78,16 @@ def _start_in_process(
         address=args.address,
         proxy_location=proxy_location,
     )
+
+
+def _grpc_options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """grpc_options from Ray's `serve start` flags, over those a `swell start` passed on."""
+    options: dict[str, Any] = json.loads(getattr(args, "grpc_options_json", None) or "{}")
+    if getattr(args, "grpc_port", None) is not None:
+        options["port"] = args.grpc_port
+    if getattr(args, "grpc_servicer_functions", None):
+        options["grpc_servicer_functions"] = list(args.grpc_servicer_functions)
+    return options
 
 
 def _run_document(args: argparse.Namespace, runtime_env: dict[str, Any] | None) -> dict[str, Any]:
@@ -121,7 +131,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             document = _run_document(args, runtime_env)
             document["http_options"] = {"host": args.host, "port": args.port}
             config = validate_model(ServeConfig, document, "the command line")
-        _start_in_process(args, config.http_options, config.proxy_location, config.grpc_options)
+        # The config's gRPC options, else the command line's (--grpc-port ...).
+        grpc = config.grpc_options if "grpc_options" in config.model_fields_set else None
+        _start_in_process(args, config.http_options, config.proxy_location, grpc)
         try:
             api.run_config(config)
         except BaseException:
@@ -171,6 +183,10 @@ def _run_detached(args: argparse.Namespace, runtime_env: dict[str, Any] | None) 
     http.setdefault("host", args.host)
     http.setdefault("port", args.port)
     args.host, args.port = http["host"], http["port"]
+    # The instance serves the document's gRPC options from its start (they cannot change later).
+    args.grpc_options_json = json.dumps(
+        {**document.get("grpc_options", {}), **_grpc_options_of(args)}
+    )
     args.log_file, args.block = None, False
     _cmd_start(args)
     host = "127.0.0.1" if args.admin_host in ("0.0.0.0", "") else args.admin_host
@@ -242,6 +258,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
         command += ["--address", args.address]
     if getattr(args, "app_dir", None):
         command += ["--app-dir", str(Path(args.app_dir).expanduser().resolve())]
+    grpc = _grpc_options_of(args)
+    if grpc:
+        command += ["--grpc-options-json", json.dumps(grpc)]
     log_fd = open_private_log(log_path)
     try:
         process = subprocess.Popen(
@@ -446,6 +465,14 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
         "cluster) or the GCS host:port; replicas become Ray actors and every node gets an "
         "HAProxy (needs `pip install 'swell[ray]'`)",
     )
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (grpc_options.port; default 9000)")
+    parser.add_argument(
+        "--grpc-servicer-functions",
+        action="append",
+        metavar="IMPORT_PATH",
+        help="an add_XServicer_to_server function to serve over gRPC (repeat for several); "
+        "without any, no gRPC is served",
+    )
 
 
 def _add_app_dir_option(parser: argparse.ArgumentParser) -> None:
@@ -528,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("_serve", help=argparse.SUPPRESS)
     _add_instance_options(serve)
     serve.add_argument("--app-dir")
+    serve.add_argument("--grpc-options-json", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_cmd_serve_detached)
 
     deploy = commands.add_parser("deploy", help="apply a config file to a running instance")

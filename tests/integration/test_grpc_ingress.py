@@ -6,12 +6,16 @@ test time, as a user would generate it.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 import swell
 from swell import api
@@ -306,3 +310,48 @@ def test_a_bad_servicer_path_is_refused_before_anything_starts(generated: Any) -
             grpc_options={"grpc_servicer_functions": ["not a path"]},
         )
     assert api._instance is None
+
+
+def test_cli_run_non_blocking_serves_a_config_files_grpc_options(
+    generated: Any, tmp_path: Path
+) -> None:
+    """`swell run --non-blocking serve.yaml`: the detached instance starts with the file's
+    grpc_options (they apply at start), and the deploy that follows repeats them."""
+    pb2, pb2_grpc = generated
+    port, admin_port, grpc_port = free_port(), free_port(), free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "http_options": {"host": "127.0.0.1", "port": port},
+                "grpc_options": {"port": grpc_port, "grpc_servicer_functions": [SERVICER]},
+                "applications": [
+                    {"name": "greeter", "import_path": "tests.integration.grpc_apps:greeter_app"}
+                ],
+            }
+        )
+    )
+    repo = Path(__file__).resolve().parents[2]
+    # The generated modules are importable where the test put them, as a user's would be.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    address = f"http://127.0.0.1:{admin_port}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "swell", *args],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+    started = cli("run", str(config), "--non-blocking", "--admin-port", str(admin_port))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            reply = pb2_grpc.GreeterStub(channel).Greet(pb2.Ask(name="cli"), timeout=30)
+        assert reply.text == "hello cli"
+    finally:
+        stopped = cli("shutdown", "-y", "--address", address)
+    assert stopped.returncode == 0, stopped.stderr
