@@ -6,6 +6,7 @@ test time, as a user would generate it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -251,6 +252,8 @@ def test_calls_past_max_ongoing_requests_queue_then_get_unavailable(
     control = f"127.0.0.1:{replica.check_port}"
     busy = stub.Slow.future(pb2.Ask(delay_s=60), timeout=60)
     wait_until(lambda: replica_stats(control)["ongoing"] == 1, 15, "the slow call to start")
+    # The controller sees the call in HAProxy's counts (draining and autoscaling read them).
+    assert _on_ingress(instance.ingress.sessions("greeter"))[replica.name] == 1
     # The one slot is taken: HAProxy queues the next call, then gives up (503 -> UNAVAILABLE).
     code, _ = _code(lambda: stub.Greet(pb2.Ask(name="z"), timeout=30))
     assert code is grpc.StatusCode.UNAVAILABLE
@@ -259,16 +262,18 @@ def test_calls_past_max_ongoing_requests_queue_then_get_unavailable(
     assert stub.Greet(pb2.Ask(name="z"), timeout=30).text == "hello z"
 
 
+def _on_ingress(coroutine: Any) -> Any:
+    """Run a call to the instance's HAProxy manager on the controller's loop."""
+    instance = api._instance
+    assert instance is not None and instance._loop is not None
+    return asyncio.run_coroutine_threadsafe(coroutine, instance._loop).result(10)
+
+
 def _grpc_servers(app: str) -> set[str]:
     """The servers HAProxy has in the app's gRPC backend, in service (not in maintenance)."""
-    import asyncio
-
     instance = api._instance
     assert instance is not None and instance.ingress is not None
-    runtime = instance.ingress.runtime
-    loop = instance._loop
-    assert loop is not None
-    state = asyncio.run_coroutine_threadsafe(runtime.servers_state(), loop).result(10)
+    state = _on_ingress(instance.ingress.runtime.servers_state())
     servers = state.get(grpc_backend_name(app), {})
     return {name for name, s in servers.items() if not s.maintenance}
 

@@ -45,7 +45,13 @@ from swell._ingress.haproxy_runtime import (
 from swell._ingress.tls import build_bundle
 from swell._private_files import write_private
 from swell._procs import pid_alive
-from swell._protocol import DRAINING_BACKEND, DRAINING_FLAG, WAKE_SERVER, backend_name
+from swell._protocol import (
+    DRAINING_BACKEND,
+    DRAINING_FLAG,
+    WAKE_SERVER,
+    backend_name,
+    grpc_backend_name,
+)
 from swell._tasks import TaskOwner
 from swell.config import HTTPOptions, gRPCOptions
 from swell.exceptions import HAProxyError
@@ -507,7 +513,13 @@ class HAProxyManager:
     async def sessions(self, app_name: str) -> dict[str, int]:
         if not self._applies_now():
             raise HAProxyUnavailable(f"HAProxy is {self._status.value.lower()}")
-        return await self.runtime.server_sessions(backend_name(app_name))
+        counts = await self.runtime.server_sessions(backend_name(app_name))
+        if self._settings.grpc_port is not None:
+            # gRPC calls in flight or queued are the app's too (draining, autoscaling).
+            grpc = await self.runtime.server_sessions(grpc_backend_name(app_name))
+            for name, count in grpc.items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
 
     async def set_wake_address(self, address: str) -> None:
         """Point every backend's backup at this controller's wake-up server (after adoption)."""

@@ -64,7 +64,8 @@ def _failure_of(error: BaseException, method: str, request_id: str) -> _Failure:
     if isinstance(error, TimeoutError):
         return _Failure(
             grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"{method} did not finish within grpc_options.request_timeout_s",
+            f"{method} did not finish before the call's deadline (the client's, or "
+            "grpc_options.request_timeout_s)",
         )
     logger.error("gRPC request %s (%s) failed", request_id, method, exc_info=error)
     return _Failure(
