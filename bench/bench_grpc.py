@@ -53,7 +53,7 @@ from swell._ingress.haproxy_config import (  # noqa: E402
     ServerEntry,
     render,
 )
-from swell._ingress.haproxy_manager import find_haproxy_binary  # noqa: E402
+from swell._ingress.haproxy_manager import find_haproxy_binary, haproxy_version  # noqa: E402
 from swell.config import HTTPOptions, gRPCOptions  # noqa: E402
 
 MAXCONN = 100  # Noop's max_ongoing_requests
@@ -99,7 +99,7 @@ def measure_grpc(
 
 
 @contextlib.contextmanager
-def ceiling(proto_dir: Path, workdir: Path) -> Iterator[str]:
+def ceiling(proto_dir: Path, workdir: Path, binary: str) -> Iterator[str]:
     """HAProxy's gRPC frontend before one bare grpc.aio server; yields the gRPC target."""
     procs: list[subprocess.Popen[bytes]] = []
     log = (workdir / "ceiling.log").open("wb")
@@ -134,7 +134,7 @@ def ceiling(proto_dir: Path, workdir: Path) -> Iterator[str]:
         config = workdir / "haproxy.cfg"
         config.write_text(render(settings, [BackendEntry("noop", "/", (entry,))]))
         haproxy = subprocess.Popen(
-            [find_haproxy_binary(None), "-W", "-db", "-f", str(config)],
+            [binary, "-W", "-db", "-f", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -149,11 +149,11 @@ def ceiling(proto_dir: Path, workdir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def swell_noop() -> Iterator[tuple[str, str]]:
+def swell_noop(binary: str) -> Iterator[tuple[str, str]]:
     """swell serving the Noop app over gRPC and HTTP; yields (gRPC target, HTTP URL)."""
     http_port, grpc_port = free_port(), free_port()
     swell.start(
-        http_options={"host": HOST, "port": http_port},
+        http_options={"host": HOST, "port": http_port, "haproxy_binary": binary},
         admin_port=0,
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER]},
     )
@@ -170,7 +170,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated levels")
+    parser.add_argument("--haproxy", help="HAProxy binary for both (default: swell's choice)")
     args = parser.parse_args()
+    binary = args.haproxy or find_haproxy_binary(None)
+    print(f"HAProxy: {binary} ({haproxy_version(binary)})", flush=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="swell-bench-grpc-") as tmp:
@@ -178,7 +181,10 @@ def main() -> int:
         proto_dir.mkdir()
         compile_proto(proto_dir)
         sys.path.insert(0, str(proto_dir))  # the replicas inherit it
-        with ceiling(proto_dir, Path(tmp)) as ceiling_target, swell_noop() as (target, url):
+        with (
+            ceiling(proto_dir, Path(tmp), binary) as ceiling_target,
+            swell_noop(binary) as (target, url),
+        ):
             for c in levels:
                 print(f"concurrency {c}:", flush=True)
                 top = measure_grpc("ceiling", proto_dir, ceiling_target, c, args.duration)
@@ -213,7 +219,9 @@ def main() -> int:
         )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"grpc-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"duration_s": args.duration, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"duration_s": args.duration, "haproxy": binary, "rows": rows}, indent=2)
+    )
     print(f"\nresults: {out}")
     return 0
 

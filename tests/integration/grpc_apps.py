@@ -31,6 +31,8 @@ class Greeter:
 
     async def Count(self, ask: Any) -> AsyncIterator[Any]:
         for number in range(ask.count):
+            if number and ask.delay_s:
+                await asyncio.sleep(ask.delay_s)
             yield _reply(f"{self._greeting} {number}")
 
     async def Fail(self, ask: Any) -> Any:

@@ -232,6 +232,13 @@ def test_deadlines_and_cancellation_reach_the_user_call(grpc_serve: GrpcSwell) -
     code, details = _code(lambda: stub.Slow(pb2.Ask(delay_s=60), timeout=30))
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "request_timeout_s" in details
+    # A stream that stalls past it: the items sent arrive, then DEADLINE_EXCEEDED.
+    received = []
+    with pytest.raises(grpc.RpcError) as caught:
+        for reply in stub.Count(pb2.Ask(count=3, delay_s=60), timeout=30):
+            received.append(reply.text)
+    assert received == ["hello 0"]
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
     assert stub.Slow(pb2.Ask(delay_s=0.01), timeout=30).text == "slept"
 
 

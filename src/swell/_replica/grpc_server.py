@@ -160,8 +160,10 @@ class GrpcIngress:
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             self._counter.ongoing += 1
             try:
-                call = self._user.call(name, (request,), self._arguments(name, context))
-                return await asyncio.wait_for(call, self._deadline(context))
+                arguments = self._arguments(name, context)
+                # A timer, not a task per call: the user's code runs in this handler's task.
+                async with asyncio.timeout(self._deadline(context)):
+                    return await self._user.call(name, (request,), arguments)
             except grpc.aio.AbortError:
                 raise  # the user's own context.abort()
             except _Failure as known:
@@ -180,17 +182,16 @@ class GrpcIngress:
         ) -> AsyncIterator[Any]:
             request_id = _request_id(context)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            loop = asyncio.get_running_loop()
             seconds = self._deadline(context)
-            deadline = None if seconds is None else loop.time() + seconds
+            deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
             self._counter.ongoing += 1
             items: AsyncIterator[Any] | None = None
             try:
                 items = self._user.stream(name, (request,), self._arguments(name, context))
                 while True:
-                    left = None if deadline is None else max(0.0, deadline - loop.time())
                     try:
-                        item = await asyncio.wait_for(anext(items), left)
+                        async with asyncio.timeout_at(deadline):
+                            item = await anext(items)
                     except StopAsyncIteration:
                         return
                     yield item
