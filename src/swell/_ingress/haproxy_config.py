@@ -314,6 +314,7 @@ def render(
         if settings.wake_address is not None:
             lines.append(f"    server {WAKE_SERVER} {settings.wake_address} backup")
     if settings.grpc_port is not None:
+        # Imported here: grpc_routes builds on this module's entries.
         from swell._ingress.grpc_routes import render_grpc
 
         lines += render_grpc(settings.bind_host, settings.grpc_port, backends)

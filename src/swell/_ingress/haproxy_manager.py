@@ -96,7 +96,6 @@ class HAProxyManager:
         grpc_options: gRPCOptions | None = None,
     ) -> None:
         self._options = options
-        self._grpc_options = grpc_options
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
         self.version = ""
