@@ -149,7 +149,7 @@ def start(
         if proxy_location is not None:
             controller_settings["proxy_location"] = proxy_location
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
-        grpc = _checked_grpc_options(grpc_options, controller)
+        grpc = _checked_grpc_options(grpc_options, controller, http)
         note_ignored_switches()
         instance = SwellInstance(http, controller, grpc)
         instance.start()
@@ -161,7 +161,7 @@ def start(
 
 
 def _checked_grpc_options(
-    options: gRPCOptions | dict[str, Any] | None, controller: ControllerOptions
+    options: gRPCOptions | dict[str, Any] | None, controller: ControllerOptions, http: HTTPOptions
 ) -> gRPCOptions:
     """Validate grpc_options, importing each servicer function now (a bad path names itself)."""
     if isinstance(options, gRPCOptions):
@@ -173,6 +173,11 @@ def _checked_grpc_options(
             raise ConfigError(
                 "grpc_options.grpc_servicer_functions is not supported on a Ray cluster yet "
                 "(address is set); serve gRPC with the local engine, or drop grpc_options"
+            )
+        if grpc.port == http.port:
+            raise ConfigError(
+                f"grpc_options.port and http_options.port are both {grpc.port}; HAProxy serves "
+                "gRPC and HTTP on ports of their own: pick another for one of them"
             )
         load_service_methods(grpc.grpc_servicer_functions)
     return grpc

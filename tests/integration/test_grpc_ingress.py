@@ -315,6 +315,14 @@ def test_a_bad_servicer_path_is_refused_before_anything_starts(generated: Any) -
             grpc_options={"grpc_servicer_functions": ["no_such_module_pb2_grpc.add_X_to_server"]},
         )
     assert api._instance is None
+    port = free_port()
+    with pytest.raises(swell.ConfigError, match="both"):
+        swell.start(
+            http_options={"port": port},
+            admin_port=0,
+            grpc_options={"port": port, "grpc_servicer_functions": [SERVICER]},
+        )
+    assert api._instance is None
     with pytest.raises(swell.ConfigError, match="not an import path"):
         swell.start(
             http_options={"port": free_port()},
