@@ -7,7 +7,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from swell import _connect, _local_testing, _signals
 from swell._admin_client import admin_request, fetch_status
@@ -82,14 +82,24 @@ def deployment(
     return wrap
 
 
-def ingress(app: Any) -> Callable[[C], C]:
+class _IngressDecorator(Protocol):
+    @overload
+    def __call__(self) -> type[Any]: ...
+    @overload
+    def __call__(self, cls: C) -> C: ...
+
+
+def ingress(app: Any) -> _IngressDecorator:
     """Serve an ASGI app (a FastAPI app) from a class deployment; methods may be its routes.
 
     ``app`` may also be a function without arguments that returns the app (as in Ray): it
-    is called in each replica.
+    is called in each replica. Called without a class (``serve.ingress(app)()``), it makes
+    one that only serves the app, as Ray does.
     """
 
-    def wrap(cls: C) -> C:
+    def wrap(cls: Any = None) -> Any:
+        if cls is None:
+            cls = type("ASGIIngressDeployment", (_BareIngress,), {})
         target = cls.func_or_class if isinstance(cls, Deployment) else cls
         if not inspect.isclass(target):
             raise ConfigError("@swell.ingress(app) decorates a class, not a function.")
@@ -97,6 +107,14 @@ def ingress(app: Any) -> Callable[[C], C]:
         return cls
 
     return wrap
+
+
+class _BareIngress:
+    """The class ``serve.ingress(app)()`` makes: it only serves the app."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
 
 
 def get_replica_context() -> ReplicaContext:

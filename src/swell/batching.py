@@ -31,7 +31,21 @@ from swell.exceptions import ConfigError
 __all__ = ["batch"]
 
 _QUEUES_ATTRIBUTE = "__swell_batch_queues__"
-_END = object()
+
+
+class _EndOfStream:
+    """The marker that ends a caller's stream.
+
+    It pickles by name: a batched generator defined in ``__main__`` ships to replicas by
+    value, its wrapper with it, and a plain ``object()`` would arrive as a copy that no
+    longer matches the marker the queues put in: the caller would receive it as an item.
+    """
+
+    def __reduce__(self) -> str:
+        return "_END"
+
+
+_END = _EndOfStream()
 
 
 class _Settings:

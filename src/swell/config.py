@@ -159,6 +159,14 @@ class DeploymentConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _old_names(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "route_prefix" in values:
+            # Ray took it off deployments in 2.10 (and now refuses it too); older Ray code
+            # still sets it, so say where it went.
+            raise ValueError(
+                "route_prefix belongs to the application, not the deployment: pass "
+                "serve.run(app, route_prefix=...) or set route_prefix in the application's "
+                "config"
+            )
         return _renamed(values, "max_concurrent_queries", "max_ongoing_requests", "deployment")
 
     @field_validator("name")

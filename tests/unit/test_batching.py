@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import pickle
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -246,3 +248,44 @@ def test_a_used_batched_function_ships_by_value_without_its_queues() -> None:
     rebuilt = pickle.loads(payload)
     assert rebuilt is not triple
     assert asyncio.run(main(rebuilt)) == [3, 6]
+
+
+_STREAM_IN_A_FRESH_INTERPRETER = """
+import asyncio, concurrent.futures, json, pickle, sys
+
+recorder = pickle.loads(sys.stdin.buffer.read())()
+
+async def collect(count):
+    return [item async for item in recorder.stream(count)]
+
+async def main():
+    return list(await asyncio.gather(collect(1), collect(3)))
+
+with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    synced = list(pool.map(lambda s: list(recorder.sync_stream(s)), ["x", "y"]))
+print(json.dumps([asyncio.run(main()), synced]))
+"""
+
+
+def test_batched_generators_shipped_by_value_end_each_stream() -> None:
+    # A class defined in __main__ reaches replicas by value, the batch wrappers with it; the
+    # end-of-stream marker must still be recognised there (it once arrived as an item). A
+    # fresh interpreter, because cloudpickle hands back the original class in this one.
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        payload = cloudpickle.dumps(Recorder)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    child = subprocess.run(
+        [sys.executable, "-c", _STREAM_IN_A_FRESH_INTERPRETER],
+        input=payload,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    assert json.loads(child.stdout) == [
+        [["0:0"], ["1:0", "1:1", "1:2"]],
+        [["xa", "xb"], ["ya", "yb"]],
+    ]

@@ -25,7 +25,6 @@ from swell._replica.responses import to_response
         ({}, b"{}"),
         (42, b"42"),
         (1.5, b"1.5"),
-        (None, b"null"),
         (True, b"true"),
         ({"text": "héllo ☃"}, '{"text":"héllo ☃"}'.encode()),
     ],
@@ -44,6 +43,14 @@ def test_str_is_plain_text() -> None:
     assert response.media_type == "text/plain; charset=utf-8"
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.body == "héllo".encode()
+
+
+def test_none_is_an_empty_body_as_in_ray() -> None:
+    # Ray answers an empty text/plain body for a handler that returns None (not "null").
+    response = to_response(None)
+    assert response.body == b""
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.status_code == 200
 
 
 def test_empty_str() -> None:

@@ -21,11 +21,21 @@ ERROR = 1
 
 
 def dumps(value: Any) -> bytes:
+    payload: bytes
     try:
-        return pickle.dumps(value, protocol=5)
+        payload = pickle.dumps(value, protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError):
-        payload: bytes = cloudpickle.dumps(value, protocol=5)
+        payload = cloudpickle.dumps(value, protocol=5)
         return payload
+    if _MAIN in payload:
+        # Refers to something in the sender's __main__ (an instance of a class a script
+        # defines): no other process has it, so ship its code by value, as Ray does. A
+        # string that merely contains "__main__" costs the slower path, never a wrong answer.
+        payload = cloudpickle.dumps(value, protocol=5)
+    return payload
+
+
+_MAIN = b"__main__"
 
 
 def loads(data: bytes) -> Any:

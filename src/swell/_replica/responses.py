@@ -11,7 +11,8 @@ from swell._replica.jsonable import jsonable
 
 
 def to_response(result: Any) -> Response:
-    """dict/list/number → JSON, str → text, bytes → octet-stream, a Response as it is."""
+    """dict/list/number → JSON, str → text, None → empty text (as Ray), bytes →
+    octet-stream, a Response as it is."""
     encoded = encode_plain(result)
     if encoded is None:
         response: Response = result
@@ -34,6 +35,8 @@ def encode_plain(result: Any) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
         return None
     if isinstance(result, str):
         return _TEXT_HEADERS, result.encode()
+    if result is None:
+        return _TEXT_HEADERS, b""
     if isinstance(result, bytes | bytearray | memoryview):
         return _BYTES_HEADERS, bytes(result)
     try:

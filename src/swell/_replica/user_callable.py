@@ -30,6 +30,26 @@ async def call_maybe_sync(
     return result
 
 
+def _seeing_loop(loop: asyncio.AbstractEventLoop, cls: Callable[..., Any]) -> Callable[..., Any]:
+    """``cls`` for a worker thread in which ``asyncio.get_running_loop()`` is the replica's loop.
+
+    Ray runs constructors on the replica's event loop, so Ray code may call
+    ``asyncio.get_running_loop()`` (or ``create_task``) in a sync ``__init__``. A task made
+    there starts once the constructor returns (its completion wakes the loop).
+    """
+    if inspect.iscoroutinefunction(cls):
+        return cls
+
+    def construct(*args: Any, **kwargs: Any) -> Any:
+        asyncio.events._set_running_loop(loop)
+        try:
+            return cls(*args, **kwargs)
+        finally:
+            asyncio.events._set_running_loop(None)
+
+    return construct
+
+
 def takes_arguments(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` (a function or bound method) accepts one positional argument."""
     try:
@@ -70,8 +90,13 @@ class UserCallable:
 
     async def construct(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._is_class:
-            # Constructors often load models: keep them off the loop.
-            self.instance = await call_maybe_sync(self._work, self._func_or_class, *args, **kwargs)
+            # Constructors often load models: keep them off the loop, but let them see it.
+            self.instance = await call_maybe_sync(
+                self._work,
+                _seeing_loop(asyncio.get_running_loop(), self._func_or_class),
+                *args,
+                **kwargs,
+            )
             self._entry = getattr(self.instance, "__call__", None)  # noqa: B004
         else:
             self.instance = None
