@@ -34,6 +34,7 @@ from swell.exceptions import (
     SwellError,
 )
 from swell.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from swell.multiplex import get_multiplexed_model_id, multiplexed
 
 __version__ = "0.1.0"
 
@@ -64,8 +65,10 @@ __all__ = [
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
+    "get_multiplexed_model_id",
     "get_replica_context",
     "ingress",
+    "multiplexed",
     "run",
     "shutdown",
     "start",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,3 +60,9 @@ def get_replica_context() -> ReplicaContext:
             "deployment's constructor or methods."
         )
     return _current
+
+
+# The model a request is for (the ``serve_multiplexed_model_id`` header, or a handle call's
+# ``multiplexed_model_id``); "" when it names none. A context variable, so each request's task
+# (and the threads its sync code runs on) sees its own.
+multiplexed_model_id: ContextVar[str] = ContextVar("swell_multiplexed_model_id", default="")

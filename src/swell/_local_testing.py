@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from swell._context import ReplicaContext, set_replica_context
+from swell._context import ReplicaContext, multiplexed_model_id, set_replica_context
 from swell._dataplane import codec
 from swell._replica.user_callable import UserCallable
 from swell.deployment import Application
@@ -32,16 +32,30 @@ class LocalRouter:
         self._deployment = deployment
 
     async def call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float,
+        model_id: str = "",
     ) -> Any:
+        if model_id:
+            multiplexed_model_id.set(model_id)  # this call's own task: no reset needed
         try:
             return await asyncio.wait_for(self._user.call(method, args, kwargs), timeout_s)
         except Exception as error:
             raise _as_remote(error, method, self._deployment) from None
 
     async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float,
+        model_id: str = "",
     ) -> AsyncIterator[Any]:
+        if model_id:
+            multiplexed_model_id.set(model_id)
         items = self._user.stream(method, args, kwargs)
         while True:
             try:

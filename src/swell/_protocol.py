@@ -30,6 +30,10 @@ ROUTE_PREFIX_HEADER = "x-swell-route-prefix"
 # Echoed on every response and generated when a client sent none.
 REQUEST_ID_HEADER = "x-request-id"
 
+# Names the model a request is for (Ray Serve's header): HAProxy sends each model's requests to
+# the replica that served it before, and the replica hands it to get_multiplexed_model_id().
+MULTIPLEXED_MODEL_ID_HEADER = "serve_multiplexed_model_id"
+
 # The admin API.
 APPLICATIONS_PATH = "/api/serve/applications/"
 SHUTDOWN_PATH = "/api/swell/shutdown"

@@ -206,7 +206,11 @@ class DeploymentResponseGenerator:
             args, kwargs = await _resolve_arguments(self._args, self._kwargs)
             router = _router(self._handle.app_name, self._handle.deployment_name)
             self._stream = router.stream(
-                self._handle.method_name, args, kwargs, self._handle.timeout_s
+                self._handle.method_name,
+                args,
+                kwargs,
+                self._handle.timeout_s,
+                self._handle.multiplexed_model_id,
             )
         return self._stream
 
@@ -272,12 +276,18 @@ class DeploymentHandle:
         method_name: str = "__call__",
         stream: bool = False,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        multiplexed_model_id: str = "",
     ) -> None:
         self.deployment_name = deployment_name
         self.app_name = app_name
         self.method_name = method_name
         self.stream = stream
         self.timeout_s = _check_timeout(timeout_s)
+        if not isinstance(multiplexed_model_id, str):
+            raise TypeError(
+                f"multiplexed_model_id must be a string, got {type(multiplexed_model_id).__name__}"
+            )
+        self.multiplexed_model_id = multiplexed_model_id
 
     def options(
         self,
@@ -285,16 +295,20 @@ class DeploymentHandle:
         method_name: str | None = None,
         stream: bool | None = None,
         timeout_s: float | None = None,
+        multiplexed_model_id: str | None = None,
         _by_reference: bool | None = None,
         **unsupported: Any,
     ) -> DeploymentHandle:
-        """A copy with some options changed. ``_by_reference`` is Ray's; swell accepts it and
-        always calls replicas directly (there is no object store to pass references through).
+        """A copy with some options changed. ``multiplexed_model_id``: the model the calls are
+        for (they go to a replica that has it loaded). ``_by_reference`` is Ray's; swell accepts
+        it and always calls replicas directly (there is no object store to pass references
+        through).
         """
         if unsupported:
             raise TypeError(
                 f"DeploymentHandle.options() got unsupported option(s) {sorted(unsupported)}; "
-                "swell supports method_name, stream and timeout_s (and accepts _by_reference)."
+                "swell supports method_name, stream, timeout_s and multiplexed_model_id (and "
+                "accepts _by_reference)."
             )
         return DeploymentHandle(
             self.deployment_name,
@@ -302,6 +316,9 @@ class DeploymentHandle:
             method_name=self.method_name if method_name is None else method_name,
             stream=self.stream if stream is None else stream,
             timeout_s=self.timeout_s if timeout_s is None else timeout_s,
+            multiplexed_model_id=(
+                self.multiplexed_model_id if multiplexed_model_id is None else multiplexed_model_id
+            ),
         )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -324,12 +341,21 @@ class DeploymentHandle:
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         args, kwargs = await _resolve_arguments(args, kwargs)
         router = _router(self.app_name, self.deployment_name)
-        return await router.call(self.method_name, args, kwargs, self.timeout_s)
+        return await router.call(
+            self.method_name, args, kwargs, self.timeout_s, self.multiplexed_model_id
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_handle,
-            (self.deployment_name, self.app_name, self.method_name, self.stream, self.timeout_s),
+            (
+                self.deployment_name,
+                self.app_name,
+                self.method_name,
+                self.stream,
+                self.timeout_s,
+                self.multiplexed_model_id,
+            ),
         )
 
     def __repr__(self) -> str:
@@ -345,7 +371,13 @@ def _rebuild_handle(
     method_name: str,
     stream: bool,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    multiplexed_model_id: str = "",
 ) -> DeploymentHandle:
     return DeploymentHandle(
-        deployment_name, app_name, method_name=method_name, stream=stream, timeout_s=timeout_s
+        deployment_name,
+        app_name,
+        method_name=method_name,
+        stream=stream,
+        timeout_s=timeout_s,
+        multiplexed_model_id=multiplexed_model_id,
     )

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import math
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from swell._dataplane.handshake import prove_client
 from swell._dataplane.wire import (
@@ -237,8 +237,14 @@ class StreamIds:
 class Connection:
     """A connection to one replica, shared by every call from this loop to it."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_models: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._reader = reader
+        self._on_models = on_models
         self._writer = writer
         self._frames = FrameWriter(writer)
         self._calls: dict[int, Call] = {}
@@ -248,9 +254,16 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, address: str, token: str, replica_id: str, timeout_s: float = CONNECT_DEADLINE_S
+        cls,
+        address: str,
+        token: str,
+        replica_id: str,
+        timeout_s: float = CONNECT_DEADLINE_S,
+        on_models: Callable[[bytes], None] | None = None,
     ) -> Connection:
         """Connect to ``address`` and check that ``replica_id`` of this cluster answers there.
+
+        ``on_models`` gets each MODELS payload (the replica's loaded models) from the start.
 
         Raises HandshakeError (a ConnectionError) when the peer cannot prove it, OSError when
         nothing listens, TimeoutError past ``timeout_s``.
@@ -263,7 +276,7 @@ class Connection:
             except BaseException:
                 writer.close()
                 raise
-        return cls(reader, writer)
+        return cls(reader, writer, on_models)
 
     def send(self, stream_id: int, kind: Kind, payload: bytes = b"") -> None:
         if not self.closed:
@@ -289,6 +302,8 @@ class Connection:
                 call = self._calls.get(stream_id)
                 if call is not None:
                     call._on_frame(kind, payload)
+                elif kind is Kind.MODELS and self._on_models is not None:
+                    self._on_models(payload)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, struct.error):
             pass  # the replica went away, or broke the protocol: its calls are lost below
         finally:

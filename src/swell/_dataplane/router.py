@@ -9,12 +9,16 @@ Every call has a deadline (``timeout_s``): placing it, waiting for its admission
 answer all end there, and a call that runs out of time is cancelled in the callee. A
 replica that is unreachable, fails the handshake or is draining is avoided for a while; a
 replica that is busy is retried after the others.
+
+A call for a model (``multiplexed_model_id``) goes to a replica that reports holding it
+(``multiplex_choice.py``); calls without one never look at models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -34,6 +38,7 @@ from swell._dataplane.client import (
     StreamCall,
 )
 from swell._dataplane.handshake import HandshakeError
+from swell._dataplane.multiplex_choice import choose_for_model, parse_models
 from swell._dataplane.wire import Kind
 from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
 from swell.exceptions import BackPressureError, ReplicaUnavailableError, RequestTimeoutError
@@ -64,6 +69,8 @@ class _ReplicaView:
     reported_load: int = 0
     reported_at: float = 0.0
     unreachable_until: float = 0.0
+    # The models the replica holds (its MODELS reports), plus those just sent its way.
+    models: frozenset[str] = frozenset()
 
 
 class _Rejected(Exception):
@@ -147,8 +154,9 @@ class Router:
         """The shared connection to a replica, opened (and authenticated) on first use."""
         opening = self._opening.get(replica_id)
         if opening is None:
+            on_models = functools.partial(self._on_models, replica_id)
             opening = asyncio.get_running_loop().create_task(
-                Connection.open(address, self._cluster.token, replica_id),
+                Connection.open(address, self._cluster.token, replica_id, on_models=on_models),
                 name=f"swell-connect-{replica_id}",
             )
             # Read even when every waiter ran out of time first: no "never retrieved" noise.
@@ -161,6 +169,12 @@ class Router:
                 self._opening.pop(replica_id, None)
         self._connections[replica_id] = connection
         return connection
+
+    def _on_models(self, replica_id: str, payload: bytes) -> None:
+        view = self._replicas.get(replica_id)
+        models = parse_models(payload)
+        if view is not None and models is not None:
+            view.models = models
 
     async def close(self) -> None:
         """Stop watching and close the connections (swell is shutting down)."""
@@ -179,7 +193,7 @@ class Router:
         reported = view.reported_load if now - view.reported_at < _REPORT_FRESH_S else 0
         return max(view.in_flight, reported)
 
-    def _choose(self, exclude: set[str]) -> str | None:
+    def _choose(self, exclude: set[str], model_id: str = "") -> str | None:
         now = time.monotonic()
         candidates = [
             replica_id
@@ -190,6 +204,8 @@ class Router:
         ]
         if not candidates:
             return None
+        if model_id:
+            return choose_for_model(candidates, self._replicas, model_id, self._score, now)
         if len(candidates) == 1:
             return candidates[0]
         first, second = random.sample(candidates, 2)
@@ -199,7 +215,7 @@ class Router:
         )
 
     async def _assign(
-        self, kind: Kind, payload: bytes, deadline: float, timeout_s: float
+        self, kind: Kind, payload: bytes, deadline: float, timeout_s: float, model_id: str = ""
     ) -> tuple[str, Call]:
         """Find a replica that accepts the call; wait (keeping our place) while all are busy.
 
@@ -207,7 +223,7 @@ class Router:
         between attempts, CallExpired during one.
         """
         self._ensure_watching()
-        replica_id = self._choose(set()) if self._waiting == 0 else None
+        replica_id = self._choose(set(), model_id) if self._waiting == 0 else None
         if replica_id is not None:
             # Nobody is waiting and a replica has room: no queueing, no queue limit.
             try:
@@ -221,12 +237,12 @@ class Router:
             )
         self._waiting += 1
         try:
-            return await self._place(kind, payload, deadline, timeout_s)
+            return await self._place(kind, payload, deadline, timeout_s, model_id)
         finally:
             self._waiting -= 1
 
     async def _place(
-        self, kind: Kind, payload: bytes, deadline: float, timeout_s: float
+        self, kind: Kind, payload: bytes, deadline: float, timeout_s: float, model_id: str
     ) -> tuple[str, Call]:
         """Try replicas in turn, backing off while none has room, until ``deadline``."""
         loop = asyncio.get_running_loop()
@@ -234,7 +250,7 @@ class Router:
         tried: set[str] = set()
         wait_s = 0.005
         while True:
-            replica_id = self._choose(tried)
+            replica_id = self._choose(tried, model_id)
             if replica_id is not None:
                 try:
                     return replica_id, await self._start_call(replica_id, kind, payload, deadline)
@@ -343,13 +359,20 @@ class Router:
     # Calling -----------------------------------------------------------------------------
 
     async def call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float,
+        model_id: str = "",
     ) -> Any:
         """Place the call, wait for its answer; all within ``timeout_s`` (then it is cancelled)."""
-        payload = codec.dumps((method, args, kwargs))
+        payload = codec.dumps(
+            (method, args, kwargs, model_id) if model_id else (method, args, kwargs)
+        )
         deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            replica_id, call = await self._assign(Kind.CALL, payload, deadline, timeout_s)
+            replica_id, call = await self._assign(Kind.CALL, payload, deadline, timeout_s, model_id)
         except CallExpired:
             raise self._unplaced(timeout_s) from None
         try:
@@ -368,13 +391,22 @@ class Router:
         return codec.decode(response, method, replica_id)
 
     async def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_s: float
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout_s: float,
+        model_id: str = "",
     ) -> AsyncIterator[Any]:
         """The callee's items; placing the call and each wait for an item get ``timeout_s``."""
-        payload = codec.dumps((method, args, kwargs))
+        payload = codec.dumps(
+            (method, args, kwargs, model_id) if model_id else (method, args, kwargs)
+        )
         deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            replica_id, call = await self._assign(Kind.STREAM, payload, deadline, timeout_s)
+            replica_id, call = await self._assign(
+                Kind.STREAM, payload, deadline, timeout_s, model_id
+            )
         except CallExpired:
             raise self._unplaced(timeout_s) from None
         assert isinstance(call, StreamCall)

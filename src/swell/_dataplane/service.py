@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from swell._context import multiplexed_model_id
 from swell._dataplane import codec
 from swell._dataplane.handshake import prove_server
 from swell._dataplane.wire import (
@@ -87,9 +89,17 @@ class ReplicaService:
         self.draining = False
         self._idle: asyncio.Event | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._open: set[_Connection] = set()
+        self._models = b""
 
     def load(self) -> int:
         return self.ongoing + self._other_ongoing()
+
+    def publish_models(self, model_ids: list[str]) -> None:
+        """Tell every caller which models this replica holds (a MODELS frame on stream 0)."""
+        self._models = json.dumps(model_ids).encode()
+        for connection in self._open:
+            connection.send_models(self._models)
 
     def start_draining(self) -> None:
         """Turn new calls away (REJECTED, so callers place them elsewhere); admitted ones finish."""
@@ -116,7 +126,14 @@ class ReplicaService:
                 peer = writer.get_extra_info("peername")
                 logger.warning("refused a data-plane connection from %s: %r", peer, error)
                 return
-            await _Connection(self, reader, writer).run()
+            connection = _Connection(self, reader, writer)
+            if self._models:
+                connection.send_models(self._models)
+            self._open.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self._open.discard(connection)
         except asyncio.CancelledError:
             return  # wait_idle() closing connections at shutdown: an expected end
         finally:
@@ -145,6 +162,9 @@ class _Connection:
         self._frames = FrameWriter(writer)
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._credits: dict[int, _Credit] = {}
+
+    def send_models(self, payload: bytes) -> None:
+        self._frames.write(0, Kind.MODELS, payload)
 
     async def run(self) -> None:
         try:
@@ -212,7 +232,12 @@ class _Connection:
         dispatcher = self._service._dispatcher
         try:
             try:
-                method, args, kwargs = codec.loads(payload)
+                request = codec.loads(payload)
+                if len(request) == 4:  # made with multiplexed_model_id
+                    method, args, kwargs, model_id = request
+                    multiplexed_model_id.set(model_id)  # this task is the call's own
+                else:
+                    method, args, kwargs = request
             except Exception as error:
                 await self._refuse_arguments(stream_id, kind, error)
                 return

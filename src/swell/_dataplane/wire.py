@@ -20,7 +20,11 @@ Then, client → server: CALL (a unary call), STREAM (a streaming call), CREDIT 
 can take that many more items), CANCEL.
 Server → client: ACCEPTED (admitted, before any user code runs; carries the replica's load),
 REJECTED (not admitted: try another replica; one byte says why, see ``Rejection``), RESULT,
-ITEM, END (a stream finished; its payload is empty or an encoded error).
+ITEM, END (a stream finished; its payload is empty or an encoded error), and MODELS on
+stream 0 (the model ids the replica holds, a JSON list: sent when the connection opens if it
+holds any, and whenever they change, so callers send a model's calls where it is loaded).
+A CALL or STREAM payload is (method, args, kwargs), or (method, args, kwargs, model id) for
+a call made with ``multiplexed_model_id``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Kind(IntEnum):
     RESULT = 12
     ITEM = 13
     END = 14
+    MODELS = 15
 
 
 class Rejection(IntEnum):

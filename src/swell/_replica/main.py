@@ -45,6 +45,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
     from swell.deployment import Deployment
+    from swell import multiplex
     from swell.handle import set_cluster_context
     from swell.schema import ReplicaRank
 
@@ -90,6 +91,10 @@ async def _serve(spec: Any, events_fd: int) -> int:
         lambda: app.ongoing,
         replica_id=spec.replica_id,
     )
+    # Callers learn which models this replica holds, to send each model's calls here.
+    app.multiplexed = multiplex.in_use()
+    multiplex.set_listener(service.publish_models)
+    service.publish_models(multiplex.loaded_model_ids())
     dataplane_server, data_port = await start_dataplane(service, spec.host)
     grpc_ingress = None
     if spec.grpc_servicer_functions:

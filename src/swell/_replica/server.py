@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from swell._protocol import REQUEST_ID_HEADER, ROUTE_PREFIX_HEADER
 from swell._replica.control import ControlEndpoints, send_plain
+from swell._replica.multiplexing import set_request_model_id
 from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
@@ -66,6 +67,9 @@ class ReplicaASGI:
         self.ongoing = 0
         self.draining = False
         self.control_port: int | None = None
+        # Whether the user's code loads models with @multiplexed: only then is the model-id
+        # header looked for.
+        self.multiplexed = False
         self.control = ControlEndpoints(user, self, token, lambda: self.ongoing)
 
     @property
@@ -86,6 +90,8 @@ class ReplicaASGI:
         if server is not None and server[1] == self.control_port:
             await self.control(scope, receive, send)
             return
+        if self.multiplexed:
+            set_request_model_id(scope)
         root_path = _root_path_of(scope, self._default_root_path)
         if root_path:
             scope["root_path"] = scope.get("root_path", "") + root_path

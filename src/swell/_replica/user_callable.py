@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
+
+from swell._context import multiplexed_model_id
 
 
 async def call_maybe_sync(
@@ -22,9 +25,11 @@ async def call_maybe_sync(
     """Await a coroutine function; run a plain one in a thread so the loop never blocks."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
-    result = await asyncio.get_running_loop().run_in_executor(
-        executor, functools.partial(fn, *args, **kwargs)
-    )
+    call = functools.partial(fn, *args, **kwargs)
+    if multiplexed_model_id.get():
+        # Executor threads do not inherit the caller's context: the model id goes along.
+        call = functools.partial(contextvars.copy_context().run, call)
+    result = await asyncio.get_running_loop().run_in_executor(executor, call)
     if inspect.isawaitable(result):
         return await result
     return result
