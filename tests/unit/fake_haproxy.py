@@ -70,6 +70,12 @@ class FakeHAProxy:
             return info
         if command == "show servers state":
             return self._servers_state()
+        if command.startswith("show servers state "):
+            state = self._servers_state().splitlines()
+            rows = [line for line in state[2:] if line.split()[1:2] == [words[3]]]
+            return "\n".join([*state[:2], *rows]) + "\n\n"
+        if words[:2] == ["clear", "table"]:
+            return "" if words[2] in self.backends else "No such table\n"
         if command.startswith("wait "):
             return ""
         backend, _, name = (words[2] if words[0] in ("add", "del") else words[-1]).partition("/")

@@ -263,3 +263,19 @@ def test_commands_must_be_single_lines() -> None:
     for bad in ("del server a/b\nshow info", "del server a/b; show info"):
         with pytest.raises(HAProxyRefused, match="one line"):
             asyncio.run(session.command(bad))
+
+
+def test_draining_forgets_the_servers_model_affinity() -> None:
+    """HAProxy keeps sending a stick-table's requests to a draining server: its model entries
+    are cleared in the same conversation, by the server's numeric id."""
+    haproxy = FakeHAProxy()
+    for name in ("r1", "r2"):
+        haproxy.backends["app_x"][name] = FakeServer("127.0.0.1:9001", maintenance=False)
+    asyncio.run(runtime(haproxy).drain_server("app_x", "r2"))
+    assert haproxy.sessions[-1][1:] == [
+        "set server app_x/r2 state drain",
+        "show servers state app_x",
+        "clear table app_x data.server_id eq 2",
+    ]
+    asyncio.run(runtime(haproxy).enable_server("app_x", "r1", draining=True))
+    assert haproxy.sessions[-1][-1] == "clear table app_x data.server_id eq 1"

@@ -10,6 +10,7 @@ import pytest
 
 from swell import multiplex
 from swell._context import multiplexed_model_id
+from swell._dataplane.multiplex_choice import choose_for_model, parse_models
 from swell.exceptions import ConfigError
 
 
@@ -156,3 +157,40 @@ def test_get_multiplexed_model_id_reads_the_request_context() -> None:
         assert multiplex.get_multiplexed_model_id() == "m1"
     finally:
         multiplexed_model_id.reset(token)
+
+
+class _View:
+    def __init__(self, models: frozenset[str] | None, load: int = 0) -> None:
+        self.models = models
+        self.load = load
+
+
+def _choose(views: dict[str, _View], model_id: str) -> str:
+    return choose_for_model(list(views), views, model_id, lambda view, now: view.load, 0.0)
+
+
+def test_a_model_call_goes_to_a_replica_holding_the_model() -> None:
+    views = {
+        "a": _View(frozenset({"m1"}), load=9),
+        "b": _View(frozenset({"m2"})),
+        "c": _View(frozenset()),
+    }
+    assert {_choose(views, "m1") for _ in range(20)} == {"a"}  # even when busier
+    # Two holders: the less loaded one.
+    views["b"].models = frozenset({"m1", "m2"})
+    assert {_choose(views, "m1") for _ in range(20)} == {"b"}
+
+
+def test_a_new_model_goes_to_a_replica_with_the_fewest_and_then_stays() -> None:
+    views = {"a": _View(frozenset({"m1", "m2"})), "b": _View(None), "c": _View(frozenset({"x"}))}
+    chosen = _choose(views, "new")
+    assert chosen == "b"  # None counts as holding nothing
+    assert views["b"].models == frozenset({"new"})  # the next calls follow before it reports
+    assert {_choose(views, "new") for _ in range(10)} == {"b"}
+
+
+def test_models_frames_parse_or_are_ignored() -> None:
+    assert parse_models(b'["a", "b"]') == frozenset({"a", "b"})
+    assert parse_models(b"[]") == frozenset()
+    for bad in (b"not json", b'{"a": 1}', b"[1]"):
+        assert parse_models(bad) is None

@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar
 
 
 class HoldsModels(Protocol):
-    models: frozenset[str]
+    models: frozenset[str] | None  # None: not known yet, counted as none
 
 
 _View = TypeVar("_View", bound=HoldsModels)
@@ -41,16 +41,16 @@ def choose_for_model(
     now: float,
 ) -> str:
     """One of ``candidates`` (replicas with room, at least one) for a call for ``model_id``."""
-    pool = [replica_id for replica_id in candidates if model_id in views[replica_id].models]
+    held = {replica_id: views[replica_id].models or frozenset() for replica_id in candidates}
+    pool = [replica_id for replica_id in candidates if model_id in held[replica_id]]
     if not pool:
-        fewest = min(len(views[replica_id].models) for replica_id in candidates)
-        pool = [replica_id for replica_id in candidates if len(views[replica_id].models) == fewest]
+        fewest = min(len(models) for models in held.values())
+        pool = [replica_id for replica_id in candidates if len(held[replica_id]) == fewest]
     if len(pool) == 1:
         chosen = pool[0]
     else:
         first, second = random.sample(pool, 2)
         chosen = first if score(views[first], now) <= score(views[second], now) else second
-    view = views[chosen]
-    if model_id not in view.models:
-        view.models = view.models | {model_id}
+    if model_id not in held[chosen]:
+        views[chosen].models = held[chosen] | {model_id}
     return chosen

@@ -52,6 +52,9 @@ _UNREACHABLE_PENALTY_S = 5.0
 _RETRY_WAIT_MAX_S = 0.5
 NO_REPLICA_DEADLINE_S = 120.0
 _DEMAND_EVERY_S = 1.0
+# How long a call for a model waits to hear which models the replicas it has not talked to
+# yet hold (once per replica): a replica that says nothing by then counts as holding none.
+_LEARN_MODELS_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ class _ReplicaView:
     reported_load: int = 0
     reported_at: float = 0.0
     unreachable_until: float = 0.0
-    # The models the replica holds (its MODELS reports), plus those just sent its way.
-    models: frozenset[str] = frozenset()
+    # The models the replica holds (its MODELS reports), plus those just sent its way; None
+    # until it has said.
+    models: frozenset[str] | None = None
 
 
 class _Rejected(Exception):
@@ -103,6 +107,7 @@ class Router:
         self._demand_reported_at = -_DEMAND_EVERY_S
         self._background: set[asyncio.Task[None]] = set()
         self._deadlines = Deadlines()
+        self._models_heard = asyncio.Event()
 
     # The replica set ---------------------------------------------------------------------
 
@@ -175,6 +180,43 @@ class Router:
         models = parse_models(payload)
         if view is not None and models is not None:
             view.models = models
+            self._models_heard.set()
+
+    async def _learn_models(self, deadline: float) -> None:
+        """Before a call for a model: hear which models each replica holds (once per replica).
+
+        Connecting is enough: a replica that multiplexes sends its models first thing.
+        """
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        unknown = {
+            replica_id: view.address
+            for replica_id, view in self._replicas.items()
+            if view.models is None and view.unreachable_until <= now
+        }
+        if not unknown:
+            return
+        until = min(deadline, loop.time() + _LEARN_MODELS_S)
+
+        async def connect(replica_id: str, address: str) -> None:
+            # An unreachable replica is found out (and avoided) by the call itself.
+            with contextlib.suppress(HandshakeError, OSError, TimeoutError):
+                async with asyncio.timeout_at(until):
+                    await self._connection(replica_id, address)
+
+        await asyncio.gather(*(connect(r, a) for r, a in unknown.items()))
+
+        def still_unknown() -> list[_ReplicaView]:
+            views = (self._replicas.get(replica_id) for replica_id in unknown)
+            return [view for view in views if view is not None and view.models is None]
+
+        while still_unknown() and loop.time() < until:
+            self._models_heard.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(until):
+                    await self._models_heard.wait()
+        for view in still_unknown():
+            view.models = frozenset()
 
     async def close(self) -> None:
         """Stop watching and close the connections (swell is shutting down)."""
@@ -223,6 +265,8 @@ class Router:
         between attempts, CallExpired during one.
         """
         self._ensure_watching()
+        if model_id:
+            await self._learn_models(deadline)
         replica_id = self._choose(set(), model_id) if self._waiting == 0 else None
         if replica_id is not None:
             # Nobody is waiting and a replica has room: no queueing, no queue limit.

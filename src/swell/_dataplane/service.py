@@ -90,7 +90,7 @@ class ReplicaService:
         self._idle: asyncio.Event | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._open: set[_Connection] = set()
-        self._models = b""
+        self._models = b""  # a JSON list once publish_models() was called, else nothing
 
     def load(self) -> int:
         return self.ongoing + self._other_ongoing()

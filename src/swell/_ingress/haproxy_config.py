@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from swell._ingress import model_affinity
 from swell._protocol import (
     CONTROL_READY_PATH,
     DRAINING_BACKEND,
@@ -309,6 +310,7 @@ def render(
             "    option http-buffer-request",
             # The replica learns its prefix from each request; a client's value never counts.
             f"    http-request set-header {ROUTE_PREFIX_HEADER} {_quoted(backend.route_prefix)}",
+            *model_affinity.backend_lines(),
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
         if settings.wake_address is not None:

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from swell._ingress import model_affinity
 from swell._ingress.haproxy_config import ServerEntry, parse_generation, server_arguments
 from swell._protocol import BACKEND_QUEUE, WAKE_SERVER
 from swell.exceptions import HAProxyError
@@ -179,6 +180,17 @@ def parse_servers_state(answer: str) -> dict[str, dict[str, ObservedServer]]:
     return result
 
 
+async def _forget_models(session: RuntimeSession, target: str) -> None:
+    """Drop the model-affinity entries of a draining server (see ``model_affinity.py``).
+
+    Best effort: without them its models' next requests simply go where leastconn sends them.
+    """
+    backend, _, name = target.partition("/")
+    server = model_affinity.server_id(await session.command(f"show servers state {backend}"), name)
+    if server is not None:
+        await session.command(model_affinity.forget_command(backend, server))
+
+
 def _ok(answer: str, *markers: str) -> bool:
     """An answer is a success when empty or when it contains one of the success markers."""
     text = answer.strip()
@@ -263,6 +275,8 @@ class HAProxyRuntime:
         command = f"set server {backend}/{name} state drain"
         async with self.conversation() as session:
             answer = await session.command(command)
+            if _ok(answer):
+                await _forget_models(session, f"{backend}/{name}")
         if not _ok(answer):
             raise HAProxyRefused(f"HAProxy refused {command!r}: {answer.strip()}")
 
@@ -306,6 +320,8 @@ class HAProxyRuntime:
     async def enable_server(self, backend: str, name: str, draining: bool) -> None:
         async with self.conversation() as session:
             await self._bring_to_state(session, f"{backend}/{name}", draining)
+            if draining:
+                await _forget_models(session, f"{backend}/{name}")
 
     async def set_server_address(self, backend: str, name: str, host: str, port: int) -> None:
         command = f"set server {backend}/{name} addr {host} port {port}"

@@ -36,6 +36,7 @@ def _emit(events_fd: int, event: dict[str, Any]) -> None:
 async def _serve(spec: Any, events_fd: int) -> int:
     import uvicorn
 
+    from swell import multiplex
     from swell._context import ReplicaContext, set_replica_context
     from swell._dataplane.router import ClusterContext
     from swell._dataplane.service import ReplicaService
@@ -45,7 +46,6 @@ async def _serve(spec: Any, events_fd: int) -> int:
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
     from swell.deployment import Deployment
-    from swell import multiplex
     from swell.handle import set_cluster_context
     from swell.schema import ReplicaRank
 
@@ -93,8 +93,9 @@ async def _serve(spec: Any, events_fd: int) -> int:
     )
     # Callers learn which models this replica holds, to send each model's calls here.
     app.multiplexed = multiplex.in_use()
-    multiplex.set_listener(service.publish_models)
-    service.publish_models(multiplex.loaded_model_ids())
+    if app.multiplexed:
+        multiplex.set_listener(service.publish_models)
+        service.publish_models(multiplex.loaded_model_ids())  # sent on every new connection
     dataplane_server, data_port = await start_dataplane(service, spec.host)
     grpc_ingress = None
     if spec.grpc_servicer_functions:
