@@ -294,6 +294,8 @@ class Router:
         tried: set[str] = set()
         wait_s = 0.005
         while True:
+            if model_id:
+                await self._learn_models(deadline)  # replicas may have just become known
             replica_id = self._choose(tried, model_id)
             if replica_id is not None:
                 try:
