@@ -252,6 +252,13 @@ class HTTPOptions(_Strict):
         "(the rest of a large body) or to read what it was sent (HAProxy's `timeout "
         "client`). Pauses of the replica in a streamed response do not count.",
     )
+    tunnel_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a WebSocket (any upgraded connection) may stay silent in both "
+        "directions before HAProxy closes it (HAProxy's `timeout tunnel`; it replaces the "
+        "client and server timeouts once the connection is upgraded). Default one hour.",
+    )
     max_request_body_bytes: int = Field(
         default=100 * 1024 * 1024,
         ge=1,

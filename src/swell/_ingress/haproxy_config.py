@@ -62,6 +62,7 @@ class IngressSettings:
     request_timeout_s: float | None
     header_timeout_s: float
     client_timeout_s: float
+    tunnel_timeout_s: float
     max_body_bytes: int
     # The controller's wake-up server: every app's backup, for scale from zero.
     wake_address: str | None = None
@@ -90,6 +91,7 @@ class IngressSettings:
             request_timeout_s=options.request_timeout_s,
             header_timeout_s=options.request_header_timeout_s,
             client_timeout_s=options.client_timeout_s,
+            tunnel_timeout_s=options.tunnel_timeout_s,
             max_body_bytes=options.max_request_body_bytes,
             wake_address=wake_address,
             tls=tls,
@@ -270,6 +272,8 @@ def render(
         f"    timeout client {_seconds(settings.client_timeout_s)}",
         f"    timeout server {_seconds(server_timeout)}",
         f"    timeout http-keep-alive {_seconds(settings.keep_alive_timeout_s)}",
+        # An upgraded connection (WebSocket) may idle this long in both directions.
+        f"    timeout tunnel {_seconds(settings.tunnel_timeout_s)}",
         # Headers (and, in app backends, the first buffer of the body) must arrive within
         # this, however slowly they trickle: slow clients are cut before they hold a slot.
         f"    timeout http-request {_seconds(settings.header_timeout_s)}",

@@ -21,6 +21,7 @@ from swell._replica.multiplexing import set_request_model_id
 from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
+from swell._replica.websocket import serve_websocket
 from swell.exceptions import BackPressureError, ReplicaUnavailableError
 
 _WATCH_DISCONNECT_AFTER_S = 0.05
@@ -99,6 +100,8 @@ class ReplicaASGI:
         try:
             if kind == "http":
                 await self._serve_http(scope, receive, send)
+            elif kind == "websocket" and self._ingress_app is not None:
+                await serve_websocket(self._ingress_app, scope, receive, send)
             elif self._ingress_app is not None:
                 await self._ingress_app(scope, receive, send)
         finally:
