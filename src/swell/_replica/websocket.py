@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,12 +20,16 @@ _READ_AHEAD = 16
 
 
 class _Session:
+    """Hands the server's messages to the handler; knows whether the handler is waiting."""
+
     __slots__ = (
+        "_ended",
         "_handler",
-        "_inbox",
+        "_pending",
         "_receive",
-        "_receiving",
+        "_room",
         "_send",
+        "_waiter",
         "closed_by_app",
         "disconnected",
     )
@@ -33,27 +38,48 @@ class _Session:
         self._receive = receive
         self._send = send
         self._handler = handler
-        self._inbox: asyncio.Queue[Message] = asyncio.Queue(_READ_AHEAD)
-        self._receiving = 0  # the handler is inside receive(): it gets the disconnect itself
-        self.disconnected = False  # the client left while the handler still ran
+        self._pending: deque[Message] = deque()
+        self._room = asyncio.Event()
+        # Pending while the handler waits inside receive(): the next message goes straight to it.
+        self._waiter: asyncio.Future[Message] | None = None
+        self._ended: Message | None = None  # the disconnect, answered again to later receives
+        self.disconnected = False  # the client left while the handler was busy: cancelled
         self.closed_by_app = False
 
     async def pump(self) -> None:
         while True:
+            while len(self._pending) >= _READ_AHEAD:
+                self._room.clear()
+                await self._room.wait()
             message = await self._receive()
-            await self._inbox.put(message)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                self._waiter = None
+                waiter.set_result(message)  # waiting: it sees the disconnect itself
+            else:
+                self._pending.append(message)
+                if message["type"] == "websocket.disconnect":
+                    # The handler may just have been handed a message and not run yet: give it
+                    # one turn of the loop to come back for the rest before judging it busy.
+                    asyncio.get_running_loop().call_soon(self._cancel_if_busy)
             if message["type"] == "websocket.disconnect":
-                if not self.closed_by_app and not self._receiving:
-                    self.disconnected = True
-                    self._handler.cancel()
+                self._ended = message
                 return
 
+    def _cancel_if_busy(self) -> None:
+        left_unread = bool(self._pending) and self._pending[-1]["type"] == "websocket.disconnect"
+        if left_unread and not self.closed_by_app and not self._handler.done():
+            self.disconnected = True
+            self._handler.cancel()
+
     async def receive(self) -> Message:
-        self._receiving += 1
-        try:
-            return await self._inbox.get()
-        finally:
-            self._receiving -= 1
+        if self._pending:
+            self._room.set()
+            return self._pending.popleft()
+        if self._ended is not None:
+            return self._ended
+        self._waiter = asyncio.get_running_loop().create_future()
+        return await self._waiter
 
     async def send(self, message: Message) -> None:
         if message["type"] == "websocket.close":
