@@ -45,7 +45,8 @@ def get_multiplexed_model_id() -> str:
 
 
 def in_use() -> bool:
-    """Whether this process defined a multiplexed loader (only then do requests carry ids)."""
+    """Whether this process defined a multiplexed loader (only then does a replica report
+    the models it holds)."""
     return _used
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -59,6 +60,11 @@ class ModelsBase:
     def unloaded_models(self) -> list[str]:
         return list(self.unloaded)
 
+    async def model_ids(self, count: int) -> AsyncIterator[str]:
+        """A streaming call sees its model id too."""
+        for _ in range(count):
+            yield swell.get_multiplexed_model_id()
+
 
 @swell.deployment(num_replicas=3, max_ongoing_requests=100)
 class Models(ModelsBase):
@@ -74,5 +80,12 @@ class OneModel(ModelsBase):
         return await self.load(model_id)
 
 
+@swell.deployment
+def model_id_echo(request: Request) -> str:
+    """No @multiplexed anywhere: the header's id still reaches the code, as in Ray."""
+    return swell.get_multiplexed_model_id()
+
+
 models_app = Models.bind()
+echo_app = model_id_echo.bind()
 one_model_app = OneModel.bind()

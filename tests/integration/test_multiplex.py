@@ -14,7 +14,7 @@ import pytest
 import swell
 from swell._protocol import MULTIPLEXED_MODEL_ID_HEADER
 from tests.integration import multiplex_apps
-from tests.integration.conftest import Swell, haproxy_binaries
+from tests.integration.conftest import Swell, haproxy_binaries, wait_until
 from tests.integration.ingress_harness import running_ingress
 
 MODELS = [f"model-{index}" for index in range(6)]
@@ -121,3 +121,13 @@ def test_eviction_calls_del_and_the_model_id_reaches_the_code(serve: Swell) -> N
     in_thread = handle.options(multiplexed_model_id="gamma").model_id_in_a_thread.remote()
     assert in_thread.result(timeout_s=30) == "gamma"
     assert handle.model_id_in_a_thread.remote().result(timeout_s=30) == ""
+    streamed = handle.options(multiplexed_model_id="delta", stream=True).model_ids.remote(2)
+    assert list(streamed) == ["delta", "delta"]
+    # A plain function deployment, no @multiplexed: the header's id still reaches it.
+    swell.run(multiplex_apps.echo_app, name="echo", route_prefix="/echo")
+    # A keep-alive connection may still be served by the worker from before the route existed.
+    with httpx.Client(base_url=serve.url, timeout=30) as client:
+        wait_until(lambda: client.get("/echo").status_code == 200, 15, "the /echo route")
+        echoed = client.get("/echo", headers={MULTIPLEXED_MODEL_ID_HEADER: "epsilon"})
+        assert echoed.text == "epsilon"
+        assert client.get("/echo").text == ""

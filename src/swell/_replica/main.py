@@ -92,8 +92,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
         replica_id=spec.replica_id,
     )
     # Callers learn which models this replica holds, to send each model's calls here.
-    app.multiplexed = multiplex.in_use()
-    if app.multiplexed:
+    if multiplex.in_use():
         multiplex.set_listener(service.publish_models)
         service.publish_models(multiplex.loaded_model_ids())  # sent on every new connection
     dataplane_server, data_port = await start_dataplane(service, spec.host)

@@ -68,9 +68,6 @@ class ReplicaASGI:
         self.ongoing = 0
         self.draining = False
         self.control_port: int | None = None
-        # Whether the user's code loads models with @multiplexed: only then is the model-id
-        # header looked for.
-        self.multiplexed = False
         self.control = ControlEndpoints(user, self, token, lambda: self.ongoing)
 
     @property
@@ -91,8 +88,7 @@ class ReplicaASGI:
         if server is not None and server[1] == self.control_port:
             await self.control(scope, receive, send)
             return
-        if self.multiplexed:
-            set_request_model_id(scope)
+        set_request_model_id(scope)  # ~0.2 us; as in Ray, any deployment may ask for it
         root_path = _root_path_of(scope, self._default_root_path)
         if root_path:
             scope["root_path"] = scope.get("root_path", "") + root_path
