@@ -74,3 +74,24 @@ def test_logging_config_is_validated(local: None) -> None:
     with pytest.raises(serve.ConfigError, match=r"logging_config\.encoding"):
         serve.run(Doubler.bind(0), logging_config={"encoding": "XML"}, _local_testing_mode=True)
     serve.run(Doubler.bind(0), logging_config={"log_level": "debug"}, _local_testing_mode=True)
+
+
+@serve.deployment
+class LocalModels:
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str) -> str:
+        return f"loaded {model_id}"
+
+    async def predict(self) -> str:
+        model: str = await self.get_model(serve.get_multiplexed_model_id())
+        return model
+
+    def model_id(self) -> str:
+        return serve.get_multiplexed_model_id()
+
+
+def test_multiplexed_model_ids_reach_local_deployments(local: None) -> None:
+    handle = serve.run(LocalModels.bind(), _local_testing_mode=True)
+    assert handle.options(multiplexed_model_id="a").predict.remote().result() == "loaded a"
+    assert handle.options(multiplexed_model_id="b").model_id.remote().result() == "b"
+    assert handle.model_id.remote().result() == ""
