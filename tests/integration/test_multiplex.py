@@ -61,6 +61,14 @@ def test_the_ingress_keeps_each_model_on_one_server(binary: str, tmp_path: Path)
         ingress.call(manager.drain_server("a", "r1"))
         for model in MODELS:
             assert served_by(model) == "r2", f"{model} still went to the draining r1"
+        # Membership changes through the runtime API move no model that has a live replica.
+        ingress.call(manager.remove_server("a", "r1"))
+        r3 = ingress.upstream("r3")
+        ingress.call(manager.add_server("a", "r3", r3.address, 5))
+        wait_until(lambda: served_by(None) == "r3", 15, "r3 to take requests")
+        assert served_by("a-new-model") in {"r2", "r3"}
+        for model in MODELS:
+            assert served_by(model) == "r2", f"{model} moved when r3 joined"
 
 
 @pytest.mark.parametrize("serve", haproxy_binaries(), indirect=True)
