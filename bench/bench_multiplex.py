@@ -10,7 +10,8 @@ for ``--duration`` seconds from ``--concurrency`` concurrent clients (over HTTP 
 with ``multiplex.lua``; for handles asyncio tasks in this process), and reports the share of
 requests whose replica already held the model, and req/s:
 
-- ``plain``: no model id at all (what the multiplexing costs is measured against this);
+- ``http plain``, ``handle plain``: no model id at all (each path's other runs are measured
+  against its plain run, in the same round; rounds are interleaved and summed);
 - ``http affinity``: the ``serve_multiplexed_model_id`` header (HAProxy keeps each model on
   one replica);
 - ``http no affinity``: the same id in a header HAProxy does not route on (leastconn);
@@ -139,38 +140,67 @@ async def handle_runs(models: list[str], concurrency: int, duration: float) -> l
     async def unrouted(model: str) -> bool:
         return bool((await handle.predict.remote(model))["hit"])
 
+    async def plain(model: str) -> bool:
+        return bool((await handle.predict.remote())["hit"])
+
     runs = []
-    for name, one in (("handle affinity", affinity), ("handle no affinity", unrouted)):
+    for name, one in (
+        ("handle plain (no model)", plain),
+        ("handle affinity", affinity),
+        ("handle no affinity", unrouted),
+    ):
         print(f"{name} ...", flush=True)
         await drive(name, one, models, concurrency, 1.0)  # settle (not counted)
         runs.append(await drive(name, one, models, concurrency, duration))
     return runs
 
 
-def measure_all(url: str, models: list[str], concurrency: int, duration: float) -> list[Run]:
+def measure_all(
+    url: str, models: list[str], concurrency: int, duration: float, rounds: int
+) -> list[Run]:
+    """Every run once per round, interleaved (the machine is shared: noise hits all alike)."""
     for model in models:  # the warm-up: one request per model, one at a time
         httpx.get(url + "/mux", headers={MULTIPLEXED_MODEL_ID_HEADER: model}, timeout=30)
-    runs = []
-    # The unrouted run leaves models wherever requests landed, so it goes last over HTTP.
-    for name, header in (
-        ("plain (no model)", ""),
-        ("http affinity", MULTIPLEXED_MODEL_ID_HEADER),
-        ("http no affinity", UNROUTED_HEADER),
-    ):
-        print(f"{name} ...", flush=True)
-        wrk_run(name, url, header, len(models), concurrency, 1.0)  # settle (not counted)
-        runs.append(wrk_run(name, url, header, len(models), concurrency, duration))
-    return runs + asyncio.run(handle_runs(models, concurrency, duration))
+    runs: list[Run] = []
+    for _ in range(rounds):
+        # An unrouted run leaves models wherever requests landed; the settle run of the next
+        # affinity run (1 s, not counted) puts them back.
+        for name, header in (
+            ("http plain (no model)", ""),
+            ("http affinity", MULTIPLEXED_MODEL_ID_HEADER),
+            ("http no affinity", UNROUTED_HEADER),
+        ):
+            print(f"{name} ...", flush=True)
+            wrk_run(name, url, header, len(models), concurrency, 1.0)  # settle (not counted)
+            runs.append(wrk_run(name, url, header, len(models), concurrency, duration))
+        runs += asyncio.run(handle_runs(models, concurrency, duration))
+    totals: dict[str, Run] = {}
+    for run in runs:
+        seen = totals.get(run.name)
+        totals[run.name] = (
+            run
+            if seen is None
+            else Run(
+                run.name,
+                seen.requests + run.requests,
+                seen.hits + run.hits,
+                seen.errors + run.errors,
+                seen.seconds + run.seconds,
+            )
+        )
+    return list(totals.values())
 
 
 def table(runs: list[Run]) -> str:
-    plain = runs[0].requests_per_s
+    """Each run's req/s against the plain run of the same path (HTTP or handle)."""
+    plain = {run.name.split()[0]: run.requests_per_s for run in runs if "plain" in run.name}
     lines = [
         "| run | requests | share holding the model | req/s | req/s / plain | errors |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        ratio = run.requests_per_s / plain if plain else 0.0
+        base = plain.get(run.name.split()[0], 0.0)
+        ratio = run.requests_per_s / base if base else 0.0
         lines.append(
             f"| {run.name} | {run.requests} | {run.share:.3f} | {run.requests_per_s:,.0f} "
             f"| {ratio:.2f} | {run.errors} |"
@@ -192,6 +222,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all runs")
     parser.add_argument(
         "--models", type=int, default=REPLICAS * MODELS_PER_REPLICA, help="distinct model ids"
     )
@@ -202,12 +233,13 @@ def main() -> int:
         swell.run(models_app, name="mux", route_prefix="/mux")
         url = f"http://{HOST}:{port}"
         wait_for_200(url + "/mux", READY_DEADLINE_S)
-        runs = measure_all(url, models, args.concurrency, args.duration)
+        runs = measure_all(url, models, args.concurrency, args.duration, args.rounds)
     header = (
         f"{len(models)} models over {REPLICAS} replicas ({MODELS_PER_REPLICA} each at most, "
         f"a load costs {LOAD_S * 1000:.0f} ms), {args.concurrency} concurrent clients, "
-        f"{args.duration:.0f} s per run, HAProxy {haproxy_version(haproxy)}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"{args.duration:.0f} s per run x {args.rounds} rounds, "
+        f"HAProxy {haproxy_version(haproxy)}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
     )
     markdown = table(runs)
     print(f"\n{header}\n\n{markdown}")

@@ -52,7 +52,10 @@ class Models:
 
     async def predict(self, model_id: str = "") -> dict[str, Any]:
         """A handle call: the model from multiplexed_model_id, else the argument (unrouted)."""
-        return await self._answer(swell.get_multiplexed_model_id() or model_id)
+        model_id = swell.get_multiplexed_model_id() or model_id
+        if not model_id:
+            return {"hit": True}  # the plain run: no model at all
+        return await self._answer(model_id)
 
 
 models_app = Models.bind()
