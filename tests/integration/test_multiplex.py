@@ -15,7 +15,7 @@ import swell
 from swell._protocol import MULTIPLEXED_MODEL_ID_HEADER
 from tests.integration import multiplex_apps
 from tests.integration.conftest import Swell, haproxy_binaries, wait_until
-from tests.integration.ingress_harness import running_ingress
+from tests.integration.ingress_harness import Upstream, running_ingress
 
 MODELS = [f"model-{index}" for index in range(6)]
 
@@ -69,6 +69,31 @@ def test_the_ingress_keeps_each_model_on_one_server(binary: str, tmp_path: Path)
         assert served_by("a-new-model") in {"r2", "r3"}
         for model in MODELS:
             assert served_by(model) == "r2", f"{model} moved when r3 joined"
+
+
+def test_a_model_never_sticks_to_the_wake_up_server(binary: str, tmp_path: Path) -> None:
+    """A cold app's first request for a model goes through the wake-up server; once a
+    replica is up, the model's requests go to the replica, not through the controller."""
+    wake = Upstream("wake")
+    try:
+        with (
+            running_ingress(binary, tmp_path / "rt", wake_address=wake.address) as ingress,
+            httpx.Client() as client,
+        ):
+            ingress.call(ingress.manager.set_route("a", "/"))
+            headers = {MULTIPLEXED_MODEL_ID_HEADER: "cold-model"}
+
+            def server(headers: dict[str, str]) -> str:
+                name: str = client.get(ingress.url + "/", headers=headers).json()["server"]
+                return name
+
+            assert server(headers) == "wake"
+            replica = ingress.upstream("r1")
+            ingress.call(ingress.manager.add_server("a", "r1", replica.address, 5))
+            wait_until(lambda: server({}) == "r1", 15, "r1 to take requests")
+            assert server(headers) == "r1"
+    finally:
+        wake.stop()
 
 
 @pytest.mark.parametrize("serve", haproxy_binaries(), indirect=True)

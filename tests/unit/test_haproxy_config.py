@@ -437,7 +437,7 @@ def test_wake_server_is_every_backends_backup() -> None:
         ],
     )
     for name in ("app_a", "app_b"):
-        assert "server swell_wake 127.0.0.1:7001 backup" in backend_lines(config, name)
+        assert "server swell_wake 127.0.0.1:7001 backup non-stick" in backend_lines(config, name)
     # Without one (the default) no backup is rendered.
     assert "swell_wake" not in render(SETTINGS, [BackendEntry("a", "/")])
 

@@ -318,7 +318,10 @@ def render(
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
         if settings.wake_address is not None:
-            lines.append(f"    server {WAKE_SERVER} {settings.wake_address} backup")
+            lines.append(
+                f"    server {WAKE_SERVER} {settings.wake_address} backup "
+                f"{model_affinity.WAKE_SERVER_WORDS}"
+            )
     if settings.grpc_port is not None:
         # Imported here: grpc_routes builds on this module's entries.
         from swell._ingress.grpc_routes import render_grpc

@@ -27,6 +27,11 @@ MODEL_ID_KEY_BYTES = 128
 MODEL_TABLE_ENTRIES = 100_000
 
 
+# The wake-up server (scale from zero) forwards a cold app's first requests: a model must not
+# stick to it, or its requests would keep going through the controller once replicas are up.
+WAKE_SERVER_WORDS = "non-stick"
+
+
 def backend_lines() -> list[str]:
     """The lines of an application backend that keep each model on its replica."""
     return [
