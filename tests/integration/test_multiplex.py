@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import swell
-from swell._protocol import MULTIPLEXED_MODEL_ID_HEADER
+from swell._protocol import MULTIPLEXED_MODEL_ID_HEADER, backend_name
 from tests.integration import multiplex_apps
 from tests.integration.conftest import Swell, haproxy_binaries, wait_until
 from tests.integration.ingress_harness import Upstream, running_ingress
@@ -69,6 +69,49 @@ def test_the_ingress_keeps_each_model_on_one_server(binary: str, tmp_path: Path)
         assert served_by("a-new-model") in {"r2", "r3"}
         for model in MODELS:
             assert served_by(model) == "r2", f"{model} moved when r3 joined"
+
+
+def test_a_busy_replica_does_not_hold_back_its_models_requests(binary: str, tmp_path: Path) -> None:
+    """While the replica holding a model is full and requests queue, the model's next request
+    goes to another replica (as Ray's routers fall back); the model stays mapped to its own."""
+    with running_ingress(binary, tmp_path / "rt") as ingress, httpx.Client() as client:
+        manager = ingress.manager
+        ingress.call(manager.set_route("a", "/"))
+        for name in ("r1", "r2"):
+            upstream = ingress.upstream(name)
+            ingress.call(manager.add_server("a", name, upstream.address, 5))  # maxconn 5
+        hot = {MULTIPLEXED_MODEL_ID_HEADER: "hot"}
+
+        def server(headers: dict[str, str]) -> str:
+            name: str = client.get(ingress.url + "/", headers=headers).json()["server"]
+            return name
+
+        seen: set[str] = set()
+
+        def both_serve() -> bool:
+            seen.add(server({}))
+            return seen == {"r1", "r2"}
+
+        wait_until(both_serve, 15, "both servers to take requests")
+        owner = server(hot)
+        other = ({"r1", "r2"} - {owner}).pop()
+
+        def slow() -> int:
+            url = ingress.url + "/stream?chunks=3&gap=1"
+            return httpx.get(url, headers=hot, timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            # Five fill the owner's slots, the sixth waits in its queue.
+            streams = [pool.submit(slow) for _ in range(6)]
+
+            def owner_full() -> bool:
+                sessions = ingress.call(manager.runtime.server_sessions(backend_name("a")))
+                return sessions.get(owner, 0) >= 6
+
+            wait_until(owner_full, 15, f"{owner} to be full with one queued")
+            assert server(hot) == other
+            assert [stream.result() for stream in streams] == [200] * 6
+        assert server(hot) == owner
 
 
 def test_a_model_never_sticks_to_the_wake_up_server(binary: str, tmp_path: Path) -> None:

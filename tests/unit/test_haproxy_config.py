@@ -146,7 +146,7 @@ def test_one_app() -> None:
         "option http-buffer-request",
         'http-request set-header x-swell-route-prefix "/"',
         "stick-table type string len 128 size 100000 srvkey name",
-        "stick on req.hdr(serve_multiplexed_model_id)",
+        "stick on req.hdr(serve_multiplexed_model_id) unless { queue(app_default) gt 0 }",
         "server r1 127.0.0.1:9001 maxconn 5 check inter 1000 fall 2 rise 1 "
         "pool-max-conn -1 pool-purge-delay 5s",
         "server r2 127.0.0.1:9002 maxconn 5 check inter 1000 fall 2 rise 1 "

@@ -314,7 +314,7 @@ def render(
             "    option http-buffer-request",
             # The replica learns its prefix from each request; a client's value never counts.
             f"    http-request set-header {ROUTE_PREFIX_HEADER} {_quoted(backend.route_prefix)}",
-            *model_affinity.backend_lines(),
+            *model_affinity.backend_lines(backend.name),
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
         if settings.wake_address is not None:

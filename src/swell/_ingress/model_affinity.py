@@ -32,12 +32,18 @@ MODEL_TABLE_ENTRIES = 100_000
 WAKE_SERVER_WORDS = "non-stick"
 
 
-def backend_lines() -> list[str]:
-    """The lines of an application backend that keep each model on its replica."""
+def backend_lines(backend: str) -> list[str]:
+    """The lines of an application backend that keep each model on its replica.
+
+    While requests queue in the backend (a replica is at ``max_ongoing_requests``), a model's
+    request goes to the least busy replica instead, which loads the model too, and its entry
+    is left as it was: a hot model is not held to one replica, as in Ray, whose routers also
+    fall back to other replicas when those holding the model are busy.
+    """
     return [
         f"    stick-table type string len {MODEL_ID_KEY_BYTES} size {MODEL_TABLE_ENTRIES} "
         "srvkey name",
-        f"    stick on req.hdr({MULTIPLEXED_MODEL_ID_HEADER})",
+        f"    stick on req.hdr({MULTIPLEXED_MODEL_ID_HEADER}) unless {{ queue({backend}) gt 0 }}",
     ]
 
 
