@@ -135,9 +135,24 @@ class ModelCache:
         _changed()
         await unload(model, model_id)
 
+    async def unload_all(self) -> None:
+        while self._models:
+            await self._evict_oldest()
+
+
+async def unload_all() -> None:
+    """Unload every model of this process (the replica is stopping), oldest first."""
+    for cache in list(_caches):
+        await cache.unload_all()
+
 
 async def unload(model: Any, model_id: str) -> None:
-    """Call the model's ``__del__`` (awaited if async, in a thread if not), as Ray does."""
+    """Call the model's ``__del__`` (awaited if async, in a thread if not), as Ray does.
+
+    Python would call it again when the object is collected (an async one would then make a
+    coroutine nobody awaits), so the model is then given a class whose ``__del__`` does
+    nothing: it runs once.
+    """
     hook = getattr(type(model), "__del__", None)
     if hook is None:
         return
@@ -148,6 +163,32 @@ async def unload(model: Any, model_id: str) -> None:
             await asyncio.get_running_loop().run_in_executor(None, hook, model)
     except Exception:
         logger.exception("unloading model %r: its __del__ raised", model_id)
+    finally:
+        _disarm(model)
+
+
+def _unloaded(self: Any) -> None:
+    """The model was unloaded already; its own ``__del__`` ran then."""
+
+
+_unloaded_classes: dict[type, type] = {}
+
+
+def _unloaded_class(cls: type) -> type:
+    """A subclass of ``cls`` with the same layout and a ``__del__`` that does nothing."""
+    unloaded = _unloaded_classes.get(cls)
+    if unloaded is None:
+        namespace = {"__del__": _unloaded, "__slots__": (), "__module__": cls.__module__}
+        unloaded = _unloaded_classes[cls] = type(cls.__name__, (cls,), namespace)
+    return unloaded
+
+
+def _disarm(model: Any) -> None:
+    """Keep Python from running the model's ``__del__`` a second time, where it can."""
+    try:
+        model.__class__ = _unloaded_class(type(model))
+    except Exception:  # a class that cannot be subclassed or swapped: Python may call it again
+        logger.debug("model of type %s keeps its __del__", type(model).__name__)
 
 
 @overload

@@ -62,17 +62,32 @@ def test_lru_keeps_the_recently_used_and_unloads_the_oldest() -> None:
     assert "b" in loader.unloaded and "a" not in loader.unloaded
 
 
-# Python calls the model's __del__ again when it is collected (as in Ray): for an async one,
-# that call makes a coroutine nobody awaits.
-@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
-def test_an_async_del_is_awaited_on_eviction() -> None:
-    async def scenario() -> list[str]:
+# Python calling an async __del__ itself would make a coroutine nobody awaits: that is an error.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_an_async_del_is_awaited_on_eviction_and_at_shutdown() -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
         loader = _Loader(_AsyncModel)
         for model_id in ("a", "b", "c"):
             await loader.get_model(model_id)
-        return list(loader.unloaded)
+        evicted = list(loader.unloaded)
+        await multiplex.unload_all()  # as the replica stops
+        return evicted, loader.unloaded
 
-    assert asyncio.run(scenario()) == ["a"]
+    evicted, unloaded = asyncio.run(scenario())
+    assert evicted == ["a"] and unloaded == ["a", "b", "c"]
+    gc.collect()  # the models are gone: Python did not call their __del__ again
+
+
+def test_del_runs_once_even_when_the_model_is_collected_later() -> None:
+    async def scenario() -> list[str]:
+        loader = _Loader()
+        for model_id in ("a", "b", "c"):
+            await loader.get_model(model_id)
+        return loader.unloaded
+
+    unloaded = asyncio.run(scenario())
+    gc.collect()
+    assert unloaded.count("a") == 1 and unloaded.count("b") == 1
 
 
 def test_concurrent_requests_for_one_model_share_one_load() -> None:
@@ -194,3 +209,27 @@ def test_models_frames_parse_or_are_ignored() -> None:
     assert parse_models(b"[]") == frozenset()
     for bad in (b"not json", b'{"a": 1}', b"[1]"):
         assert parse_models(bad) is None
+
+
+def test_the_bare_decorator_keeps_three_and_minus_one_keeps_all() -> None:
+    unloaded: list[str] = []
+
+    class Bare:
+        @multiplex.multiplexed
+        async def get_model(self, model_id: str) -> _Model:
+            return _Model(model_id, unloaded)
+
+    class Unlimited:
+        @multiplex.multiplexed(max_num_models_per_replica=-1)
+        async def get_model(self, model_id: str) -> _Model:
+            return _Model(model_id, unloaded)
+
+    async def scenario() -> list[str]:
+        bare, unlimited = Bare(), Unlimited()
+        for index in range(4):
+            await bare.get_model(f"bare-{index}")
+        for index in range(50):
+            await unlimited.get_model(f"all-{index}")
+        return list(unloaded)  # before the instances (and their caches) are collected
+
+    assert asyncio.run(scenario()) == ["bare-0"]  # the default keeps 3; -1 keeps all

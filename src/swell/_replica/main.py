@@ -175,10 +175,18 @@ async def _serve(spec: Any, events_fd: int) -> int:
     # HTTP has drained; let in-flight handle calls finish within the same grace period.
     await stop_dataplane(dataplane_server, service, spec.config.graceful_shutdown_timeout_s)
     try:
-        await asyncio.wait_for(user.shutdown(), spec.config.graceful_shutdown_timeout_s or 1.0)
+        await asyncio.wait_for(
+            _unload_then_shutdown(user, multiplex), spec.config.graceful_shutdown_timeout_s or 1.0
+        )
     except Exception:
         traceback.print_exc()
     return 0
+
+
+async def _unload_then_shutdown(user: Any, multiplex: Any) -> None:
+    """Models loaded with @multiplexed are unloaded (their __del__) before the user's own."""
+    await multiplex.unload_all()
+    await user.shutdown()
 
 
 def _listen(host: str) -> socket.socket:
