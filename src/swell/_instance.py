@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import shutil
 import socket
 import sys
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvicorn
 
@@ -52,9 +53,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+logger = logging.getLogger("swell.instance")
+
 _START_DEADLINE_S = 60.0
 _STOP_DEADLINE_S = 120.0
 _STATE_TOKEN_NAME = "admin.token"
+
+
+class CheckpointStore(Protocol):
+    """Where a controller keeps its checkpoint: the state dir, or Ray's GCS."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, snapshot: dict[str, Any]) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 def _serve_quietly(
@@ -110,7 +123,10 @@ class SwellInstance:
         http_options: HTTPOptions,
         controller_options: ControllerOptions,
         grpc_options: gRPCOptions | None = None,
+        checkpoint: CheckpointStore | None = None,
     ) -> None:
+        """``checkpoint``: where a controller on a Ray cluster (an actor) keeps its state;
+        without it, the state dir's file when ``state_dir`` is set."""
         self.http_options = http_options
         self.grpc_options = grpc_options or gRPCOptions()
         self.controller_options = controller_options
@@ -134,6 +150,12 @@ class SwellInstance:
         self.admin_token = controller_options.admin_token or ""
         self.token_file: Path | None = None
         self._wake: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
+        self._store = checkpoint
+        self._saved_ports: dict[str, int] = {}
+        self._abandon = False
+        # The ports this instance listens on ("admin", "cluster", "wake"): a controller actor
+        # restarted by Ray binds the same ones, so replicas and proxies find it again.
+        self._ports: dict[str, int] = {}
 
     # Called from the user's thread --------------------------------------------------------
 
@@ -196,6 +218,12 @@ class SwellInstance:
     def on_ray(self) -> bool:
         return self._ray is not None
 
+    @property
+    def cluster_token(self) -> str:
+        """What replicas' control and data endpoints require."""
+        assert self.controller is not None
+        return self.controller.cluster_token
+
     # On the controller's thread: the admin API's backend lives in _admin_backend.py ---------
 
     def status_document(self) -> dict[str, Any]:
@@ -222,7 +250,7 @@ class SwellInstance:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         state_dir = self.controller_options.state_dir
-        checkpoint: Checkpoint | None = None
+        checkpoint: CheckpointStore | None = self._store
         lock: DirectoryLock | None = None
         admin_server: uvicorn.Server | None = None
         admin_task: asyncio.Task[None] | None = None
@@ -231,7 +259,10 @@ class SwellInstance:
         work_dir: Path | None = None
         try:
             try:
-                if state_dir is not None:
+                if checkpoint is not None:
+                    work_dir = Path(tempfile.mkdtemp(prefix="swell-"))  # 0700
+                    state_dir = None  # the scratch dir goes at the end
+                elif state_dir is not None:
                     work_dir = private_dir(state_dir, "--state-dir")
                     lock = DirectoryLock(work_dir)
                     lock.acquire()
@@ -241,10 +272,15 @@ class SwellInstance:
                 await self._bring_up(work_dir, checkpoint)
                 assert self._wake is not None and self.controller is not None
                 wake_server, wake_task = self._wake
-                admin_server, admin_task = await self._start_admin_api()
+                admin_server, admin_task = await self._start_admin_api(
+                    self._saved_ports.get("admin"), self._saved_ports.get("cluster")
+                )
                 self.controller.start()
             except BaseException as error:
                 self._start_error = error
+                # A controller actor that fails to come back (its port still taken, say)
+                # leaves the replicas and proxies it adopted to the next try: Ray restarts it.
+                self._abandon = self._store is not None
                 return
             finally:
                 self._started.set()
@@ -260,17 +296,23 @@ class SwellInstance:
             if lock is not None:
                 lock.release()
 
-    async def _bring_up(self, work_dir: Path, checkpoint: Checkpoint | None) -> None:
+    async def _bring_up(self, work_dir: Path, checkpoint: CheckpointStore | None) -> None:
         options = self.controller_options
-        ensure_port_free(options.admin_host, options.admin_port, "the admin API (--admin-port)")
         saved = checkpoint.load() if checkpoint is not None else None
-        if checkpoint is not None and not self.admin_token:
+        self._saved_ports = dict(saved.get("ports", {})) if saved is not None else {}
+        if "admin" not in self._saved_ports:
+            ensure_port_free(options.admin_host, options.admin_port, "the admin API (--admin-port)")
+        if saved is not None and saved.get("admin_token"):
+            self.admin_token = saved["admin_token"]  # kept in the cluster's GCS (Ray)
+        elif checkpoint is not None and not self.admin_token and self._store is None:
             # A restarted controller keeps the token its clients already have.
             kept = read_token(work_dir / _STATE_TOKEN_NAME)
             self.admin_token = kept or new_token()
             write_private(work_dir / _STATE_TOKEN_NAME, self.admin_token.encode())
         self.admin_token = self.admin_token or new_token()
-        wake_server, wake_task, wake_address = await self._start_wake_server()
+        wake_server, wake_task, wake_address = await self._start_wake_server(
+            self._saved_ports.get("wake", 0)
+        )
         self._wake = (wake_server, wake_task)
         engine: Engine
         ingress: IngressManager
@@ -296,7 +338,8 @@ class SwellInstance:
             ingress,
             list(sys.path),
             cluster_token=saved["token"] if saved else None,
-            survive_controller=checkpoint is not None,
+            # On Ray a replica's lifeline is its actor, which outlives the controller anyway.
+            survive_controller=checkpoint is not None and self._ray is None,
             max_request_body_bytes=self.http_options.max_request_body_bytes,
             grpc_options=self.grpc_options,
         )
@@ -304,7 +347,7 @@ class SwellInstance:
         if saved is not None:
             self.deployer.applied = saved.get("applied_config")
         if self.fleet is not None:
-            await self.fleet.start()
+            await self._bring_up_fleet(saved, engine)
         else:
             assert isinstance(engine, LocalEngine)
             await self._bring_up_ingress(saved, engine, wake_address)
@@ -312,9 +355,13 @@ class SwellInstance:
             snapshot_of = self._snapshot
             self.controller.checkpoint = lambda: checkpoint.save(snapshot_of())
 
-    async def _tear_down(self, checkpoint: Checkpoint | None, scratch: Path | None) -> None:
+    async def _tear_down(self, checkpoint: CheckpointStore | None, scratch: Path | None) -> None:
         set_cluster_context(None)
         close_routers()
+        if self._abandon:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return
         if self.ingress is not None:
             await self.ingress.mark_draining()  # probes see it before the replicas drain
         if self.controller is not None:
@@ -329,15 +376,52 @@ class SwellInstance:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _snapshot(self) -> dict[str, Any]:
-        assert self.controller is not None and self.ingress is not None
-        assert self.deployer is not None
-        return {
+        assert self.controller is not None and self.deployer is not None
+        snapshot: dict[str, Any] = {
             "token": self.controller.cluster_token,
             "apps": self.controller.snapshot(),
-            "haproxy_pid": self.ingress.pid,
-            "backends": self.ingress.backends,
             "applied_config": self.deployer.applied,
         }
+        if self.fleet is not None:
+            snapshot["backends"] = self.fleet.backends
+            snapshot["ports"] = dict(self._ports)
+            snapshot["admin_token"] = self.admin_token
+        else:
+            assert self.ingress is not None
+            snapshot["haproxy_pid"] = self.ingress.pid
+            snapshot["backends"] = self.ingress.backends
+        return snapshot
+
+    async def _bring_up_fleet(self, saved: dict[str, Any] | None, engine: Engine) -> None:
+        """Every node's proxy; after a controller actor's restart, adopt the proxies and
+        replica actors its predecessor left, and drop what it left half done."""
+        fleet, controller = self.fleet, self.controller
+        assert fleet is not None and controller is not None
+        from swell._engines.ray import RayEngine
+
+        assert isinstance(engine, RayEngine)
+        if saved is None:
+            await fleet.start()
+            engine.kill_strays()  # a previous controller's, whose checkpoint was cleared
+            return
+        adopted_proxies = await fleet.adopt(saved["backends"])
+        await fleet.start()  # the nodes without one get a proxy with the whole state
+        gone = controller.restore(saved["apps"], engine.adopt)
+        running = controller.replica_ids()
+        for app_name, backend in fleet.backends.items():
+            for server in backend.servers:
+                if (app_name, server.name) not in running:
+                    gone.append((app_name, server.name))
+        for app_name, replica_id in dict.fromkeys(gone):
+            await fleet.remove_server(app_name, replica_id)
+        strays = engine.kill_strays()
+        logger.info(
+            "adopted %d proxies and %d replicas; %d replicas were gone, %d stray actors killed",
+            adopted_proxies,
+            len(running),
+            len(gone),
+            strays,
+        )
 
     async def _bring_up_ingress(
         self, saved: dict[str, Any] | None, engine: LocalEngine, wake_address: str
@@ -358,32 +442,42 @@ class SwellInstance:
             await ingress.start()
         if saved is None:
             return
-        gone = controller.restore(saved["apps"], engine.adopt)
+        gone = controller.restore(
+            saved["apps"], lambda app_name, replica_id, ready: engine.adopt(replica_id, ready)
+        )
         for app_name, replica_id in gone:
             await ingress.remove_server(app_name, replica_id)
         if not adopted:
             # A new HAProxy knows no servers yet: add the adopted ingress replicas.
             await controller.rejoin_haproxy()
 
-    async def _start_wake_server(self) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    async def _start_wake_server(
+        self, port: int = 0
+    ) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
         """The backup server HAProxy uses while an app has no replica (scale from zero)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Every node's HAProxy must reach it: on Ray it listens on this node's IP.
-        sock.bind((self._cluster_host, 0))
-        address = f"{self._cluster_host}:{sock.getsockname()[1]}"
+        sock.bind((self._cluster_host, port))
+        self._ports["wake"] = sock.getsockname()[1]
+        address = f"{self._cluster_host}:{self._ports['wake']}"
         app = WakeServer(_LateController(self), self.http_options.queue_timeout_s)
         server, task = _serve_quietly(app, sock, "swell-wake-server")
         return server, task, address
 
-    async def _start_admin_api(self) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    async def _start_admin_api(
+        self, admin_port: int | None = None, cluster_port: int | None = None
+    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+        """The admin API; ``admin_port``/``cluster_port``: the ones a restarted controller
+        actor had (its clients and replicas know them)."""
         controller = self.controller
         assert controller is not None
         options = self.controller_options
         family = socket.AF_INET6 if ":" in options.admin_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((options.admin_host, options.admin_port))
-        self.admin_port = sock.getsockname()[1]
+        sock.bind((options.admin_host, options.admin_port if admin_port is None else admin_port))
+        self.admin_port = self._ports["admin"] = sock.getsockname()[1]
         self._publish_token_file()
         hosts = allowed_hosts(options.admin_host, self.admin_port)
         sockets = [sock]
@@ -397,8 +491,9 @@ class SwellInstance:
             cluster_sock = socket.socket(
                 socket.AF_INET6 if ":" in self._cluster_host else socket.AF_INET
             )
-            cluster_sock.bind((self._cluster_host, 0))
-            cluster_port = cluster_sock.getsockname()[1]
+            cluster_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            cluster_sock.bind((self._cluster_host, cluster_port or 0))
+            cluster_port = self._ports["cluster"] = cluster_sock.getsockname()[1]
             sockets.append(cluster_sock)
             cluster_hosts = allowed_hosts(self._cluster_host, cluster_port)
             hosts = None if hosts is None or cluster_hosts is None else hosts | cluster_hosts

@@ -7,7 +7,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from swell import _connect, _local_testing, _signals
 from swell._admin_client import admin_request, fetch_status
@@ -35,6 +35,9 @@ from swell.exceptions import ConfigError, DeploymentFailedError
 from swell.handle import DeploymentHandle
 from swell.serve_status import ServeStatus
 
+if TYPE_CHECKING:
+    from swell._ray.driver import RemoteInstance
+
 __all__ = ["admin_request", "fetch_status"]  # re-exported for the CLI
 
 C = TypeVar("C")
@@ -42,7 +45,8 @@ C = TypeVar("C")
 _STATUS_POLL_S = 0.05
 _CONTROLLER_CALL_TIMEOUT_S = 120.0
 
-_instance: SwellInstance | None = None
+# In this process, or (on a Ray cluster) the cluster's controller actor.
+_instance: SwellInstance | RemoteInstance | None = None
 _instance_lock = threading.Lock()
 _atexit_registered = threading.Event()
 
@@ -139,9 +143,10 @@ def start(
 
     With ``state_dir`` the controller checkpoints there, and a later start on the same
     directory adopts the HAProxy and replicas a killed controller left running. With
-    ``address`` ("auto", or a Ray cluster's address) replicas run as actors on that Ray
-    cluster and ``proxy_location`` says which of its nodes get an HAProxy. With
-    ``grpc_options`` listing servicer functions, HAProxy also serves gRPC on its port.
+    ``address`` ("auto", or a Ray cluster's address) the controller is a detached actor on
+    that cluster (created unless one runs), replicas run as actors and ``proxy_location``
+    says which of its nodes get an HAProxy; it outlives this process until ``shutdown()``.
+    With ``grpc_options`` listing servicer functions, HAProxy also serves gRPC on its port.
     """
     global _instance
     with _instance_lock:
@@ -169,12 +174,19 @@ def start(
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
         grpc = _checked_grpc_options(grpc_options, controller, http)
         note_ignored_switches()
-        instance = SwellInstance(http, controller, grpc)
+        instance: SwellInstance | RemoteInstance
+        if controller.address is not None:
+            from swell._ray.driver import RemoteInstance
+
+            instance = RemoteInstance(http, controller)
+        else:
+            instance = SwellInstance(http, controller, grpc)
         instance.start()
         _instance = instance
         if not _atexit_registered.is_set():
-            # A script that ends without shutdown() still drains and stops its replicas.
-            atexit.register(shutdown)
+            # A script that ends without shutdown() still drains and stops its replicas (on
+            # one machine; a Ray cluster's controller keeps serving, as Ray Serve's does).
+            atexit.register(_at_exit)
             _atexit_registered.set()
 
 
@@ -295,7 +307,7 @@ def run_config(config: ServeConfig, blocking: bool = False) -> None:
         _serve_until_signalled()
 
 
-def _wait_until_settled(instance: SwellInstance, app_name: str) -> None:
+def _wait_until_settled(instance: SwellInstance | RemoteInstance, app_name: str) -> None:
     """Block until the app is RUNNING; raise as soon as it is DEPLOY_FAILED (or, under
     ``swell run``, KeyboardInterrupt as soon as Ctrl-C is pressed)."""
     while True:
@@ -327,7 +339,7 @@ def _serve_until_signalled() -> None:
         shutdown()
 
 
-def _require_instance() -> SwellInstance:
+def _require_instance() -> SwellInstance | RemoteInstance:
     if _instance is None:
         raise RuntimeError("swell is not running in this process; call swell.run() first.")
     return _instance
@@ -353,6 +365,17 @@ def shutdown() -> None:
         instance, _instance = _instance, None
     if instance is not None:
         instance.stop()
+
+
+def _at_exit() -> None:
+    global _instance
+    if _instance is not None and not isinstance(_instance, SwellInstance):
+        with _instance_lock:
+            instance, _instance = _instance, None
+        if instance is not None:
+            instance.detach()
+        return
+    shutdown()
 
 
 def status(address: str | None = None) -> ServeStatus:

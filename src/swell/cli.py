@@ -235,6 +235,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         ) from None
     else:
         raise SwellError(f"swell is already running at {address}; `swell shutdown` stops it.")
+    if args.address:
+        return _start_on_ray(args, address)
     log_path = Path(args.log_file) if args.log_file else _default_log_path(args)
     command = [
         sys.executable,
@@ -290,6 +292,20 @@ def _cmd_start(args: argparse.Namespace) -> int:
         return 0
     process.terminate()
     raise SwellError(f"swell did not answer at {address} within {_START_DEADLINE_S}s")
+
+
+def _start_on_ray(args: argparse.Namespace, address: str) -> int:
+    """`swell start --address`: the controller is a detached actor on the cluster's head node;
+    this command creates it (unless it runs), waits until it serves, and returns."""
+    _start_in_process(args, {"host": args.host, "port": args.port})
+    instance = api._instance
+    pid = getattr(instance, "pid", None)
+    api._at_exit()  # disconnect; the actor keeps running
+    print(
+        f"swell: started on the Ray cluster (controller actor pid {pid} on the head node); "
+        f"HTTP on {args.host}:{args.port} on every node, admin API on {address}"
+    )
+    return 0
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:

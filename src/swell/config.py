@@ -392,8 +392,8 @@ class ControllerOptions(_Strict):
     def _ray_without_state_dir(self) -> ControllerOptions:
         if self.address is not None and self.state_dir is not None:
             raise ValueError(
-                "state_dir cannot be combined with address (a Ray cluster) yet: on Ray the "
-                "controller runs in this process and its replicas stop with it; drop one of them"
+                "state_dir cannot be combined with address (a Ray cluster): on Ray the "
+                "controller is an actor that checkpoints in the cluster's GCS; drop state_dir"
             )
         return self
 

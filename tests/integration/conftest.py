@@ -67,10 +67,10 @@ def replica_stats(control_address: str) -> dict[str, int]:
     """A replica's in-flight counts, from its control port (with this instance's cluster
     token, which the control endpoints require)."""
     instance = api._instance
-    assert instance is not None and instance.controller is not None
+    assert instance is not None
     response = httpx.get(
         f"http://{control_address}{CONTROL_STATS_PATH}",
-        headers={CLUSTER_TOKEN_HEADER: instance.controller.cluster_token},
+        headers={CLUSTER_TOKEN_HEADER: instance.cluster_token},
         timeout=10,
     )
     response.raise_for_status()

@@ -47,3 +47,14 @@ class Slow:
     async def wait(self, seconds: float) -> str:
         await asyncio.sleep(seconds)
         return _me()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, graceful_shutdown_timeout_s=5)
+class Versioned:
+    """Answers with its replica id and the version it was bound with (a new one rolls)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    async def __call__(self, request: Request) -> dict[str, Any]:
+        return {"replica": _me(), "version": self.version}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,3 +156,52 @@ def replica_nodes(app: str, deployment: str) -> dict[str, str]:
     status = swell.status().raw
     replicas = status["applications"][app]["deployments"][deployment]["replicas"]
     return {r["replica_id"]: r["node_id"] for r in replicas if r["state"] == "RUNNING"}
+
+
+class Load:
+    """Requests back to back from ``clients`` threads, round robin over the given URLs
+    (``pause`` seconds between one client's requests), counting the outcomes."""
+
+    def __init__(self, urls: list[str], clients: int = 1, pause: float = 0.01) -> None:
+        self._urls = urls
+        self._pause = pause
+        self.outcomes: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"swell-test-load-{i}", daemon=True)
+            for i in range(clients)
+        ]
+
+    def _run(self, offset: int) -> None:
+        with httpx.Client(timeout=10) as client:
+            i = offset
+            while not self._stop.is_set():
+                url = self._urls[i % len(self._urls)]
+                i += 1
+                try:
+                    response = client.get(url)
+                    kind = "ok" if response.status_code == 200 else f"http {response.status_code}"
+                    detail = response.text[:200]
+                except httpx.HTTPError as error:
+                    kind, detail = type(error).__name__, str(error)
+                with self._lock:
+                    self.outcomes[kind] += 1
+                    if kind != "ok" and len(self.errors) < 10:
+                        self.errors.append(f"{url}: {kind} {detail}")
+                self._stop.wait(self._pause)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for kind, n in self.outcomes.items() if kind != "ok")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 
@@ -15,46 +14,11 @@ import pytest
 import swell
 from swell._ray.cluster import HTTP_PORT_LABEL
 from tests.ray.apps import Where
-from tests.ray.conftest import SLOT, RayCluster, http_port, replica_nodes, wait_until
+from tests.ray.conftest import SLOT, Load, RayCluster, http_port, replica_nodes, wait_until
 
 ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class Load:
-    """One request at a time, round robin over the given proxies, counting the outcomes."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self._urls = urls
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="swell-test-load", daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            i = 0
-            while not self._stop.is_set():
-                url = self._urls[i % len(self._urls)]
-                i += 1
-                try:
-                    status = client.get(url).status_code
-                    self.outcomes["ok" if status == 200 else f"http {status}"] += 1
-                except httpx.HTTPError as error:
-                    self.outcomes[type(error).__name__] += 1
-                self._stop.wait(0.01)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    @property
-    def failed(self) -> int:
-        return sum(n for kind, n in self.outcomes.items() if kind != "ok")
 
 
 def test_removed_worker_node_is_replaced(swell_on_ray: RayCluster) -> None:

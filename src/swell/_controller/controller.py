@@ -271,6 +271,15 @@ class Controller:
         self._wake.set()
         return gone
 
+    def replica_ids(self) -> set[tuple[str, str]]:
+        """(app, replica id) of every replica this controller has a runtime for."""
+        return {
+            (app.name, replica_id)
+            for app in self._apps.values()
+            for deployment in app.deployments.values()
+            for replica_id in deployment.runtimes
+        }
+
     async def rejoin_haproxy(self) -> None:
         """Add every running ingress replica to a freshly started HAProxy (after adoption)."""
         for app in self._apps.values():

@@ -13,9 +13,9 @@ from swell._controller.deployment_state import ReplicaState
 from swell._controller.model import AppRuntime, DeploymentRuntime, DeploymentTarget
 from swell._engines.base import ReadyInfo, ReplicaRuntime
 
-# (replica id, ready info) -> the adopted runtime, or None if that process is gone (or is
+# (app name, replica id, ready info) -> the adopted runtime, or None if that process is gone (or is
 # another process that reused the pid).
-AdoptReplica = Callable[[str, ReadyInfo], "ReplicaRuntime | None"]
+AdoptReplica = Callable[[str, str, ReadyInfo], "ReplicaRuntime | None"]
 
 
 def take(apps: Iterable[AppRuntime]) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ def restore(
             deployment.state.target = item["replicas_target"]
             for replica in item["replicas"]:
                 replica_id, ready = replica["replica_id"], replica["ready"]
-                runtime = adopt(replica_id, ready)
+                runtime = adopt(saved["name"], replica_id, ready)
                 if runtime is None:
                     gone.append((saved["name"], replica_id))
                     continue

@@ -22,6 +22,10 @@ from swell._spec import ReplicaSpec
 
 logger = logging.getLogger("swell.engine.ray")
 
+REPLICA_PREFIX = "SWELL_REPLICA-"
+# How long an adopting controller waits for a replica actor to say which process it runs.
+_ADOPT_DEADLINE_S = 10.0
+
 # What Ray Serve reserves for a replica when ray_actor_options does not say.
 DEFAULT_NUM_CPUS = 1.0
 _KILL_WAIT_S = 10.0
@@ -43,31 +47,50 @@ def actor_options(spec: ReplicaSpec) -> dict[str, Any]:
     if options.get("num_cpus") is None:
         options["num_cpus"] = DEFAULT_NUM_CPUS
     options.update(
-        name=f"SWELL_REPLICA-{spec.app_name}-{spec.replica_id}",
+        name=replica_actor_name(spec.app_name, spec.replica_id),
         namespace=NAMESPACE,
+        # Owned by no one: a replica outlives the controller actor that started it, whose
+        # successor adopts it (Ray ends an owned actor with its owner).
+        lifetime="detached",
         max_restarts=0,  # the controller replaces replicas; Ray must not restart one
         max_concurrency=16,  # start, wait_exit and stop run at once
     )
     return options
 
 
+def replica_actor_name(app_name: str, replica_id: str) -> str:
+    return f"{REPLICA_PREFIX}{app_name}-{replica_id}"
+
+
 class RayReplica:
     """One replica actor as the controller sees it."""
 
-    def __init__(self, spec: ReplicaSpec, actor: Any) -> None:
-        self._replica_id = spec.replica_id
+    def __init__(self, replica_id: str, actor: Any, spec: ReplicaSpec | None = None) -> None:
+        """Start ``spec`` in the actor, or (without one) watch an actor already serving."""
+        self._replica_id = replica_id
         self._actor = actor
         self.ready_info: ReadyInfo | None = None
         self._status = -1
         self._exited = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[ReadyInfo] = loop.create_future()
-        start = _future(actor.start.remote(spec.dumps()))
         exit_ref = _future(actor.wait_exit.remote())
-        self._tasks = (
-            loop.create_task(self._await_ready(start), name=f"swell-ray-ready-{self._replica_id}"),
-            loop.create_task(self._watch_exit(exit_ref), name=f"swell-ray-exit-{self._replica_id}"),
-        )
+        self._tasks = [
+            loop.create_task(self._watch_exit(exit_ref), name=f"swell-ray-exit-{replica_id}"),
+        ]
+        if spec is not None:
+            start = _future(actor.start.remote(spec.dumps()))
+            self._tasks.append(
+                loop.create_task(self._await_ready(start), name=f"swell-ray-ready-{replica_id}")
+            )
+
+    @classmethod
+    def adopted(cls, replica_id: str, actor: Any, ready: ReadyInfo) -> RayReplica:
+        """A replica a previous controller started, already serving."""
+        replica = cls(replica_id, actor)
+        replica.ready_info = ready
+        replica._ready.set_result(ready)
+        return replica
 
     @property
     def replica_id(self) -> str:
@@ -142,6 +165,7 @@ class RayEngine:
 
     def __init__(self) -> None:
         self._replicas: dict[str, RayReplica] = {}
+        self._actor_names: dict[str, str] = {}  # replica id -> its actor's name
 
     async def start_replica(self, spec: ReplicaSpec) -> RayReplica:
         try:
@@ -151,15 +175,58 @@ class RayEngine:
                 f"Ray refused the actor for replica {spec.replica_id} (check the deployment's "
                 f"ray_actor_options {spec.config.ray_actor_options}): {error}"
             ) from None
-        replica = RayReplica(spec, actor)
-        self._replicas[spec.replica_id] = replica
+        replica = RayReplica(spec.replica_id, actor, spec)
+        self._track(replica, replica_actor_name(spec.app_name, spec.replica_id))
+        return replica
+
+    def _track(self, replica: RayReplica, actor_name: str) -> None:
+        self._replicas[replica.replica_id] = replica
+        self._actor_names[replica.replica_id] = actor_name
 
         async def forget() -> None:
             await replica.wait_exit()
-            self._replicas.pop(spec.replica_id, None)
+            self._replicas.pop(replica.replica_id, None)
+            self._actor_names.pop(replica.replica_id, None)
 
-        asyncio.get_running_loop().create_task(forget(), name=f"swell-ray-reap-{spec.replica_id}")
+        asyncio.get_running_loop().create_task(
+            forget(), name=f"swell-ray-reap-{replica.replica_id}"
+        )
+
+    def adopt(self, app_name: str, replica_id: str, ready: ReadyInfo) -> RayReplica | None:
+        """Take over the replica actor a previous controller started, if it still runs the same
+        process (a blocking Ray call: at start, before anything serves from this loop)."""
+        name = replica_actor_name(app_name, replica_id)
+        try:
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+            answer: Any = ray.get(actor.pid.remote(), timeout=_ADOPT_DEADLINE_S)
+            pid = int(answer or -1)
+        except Exception as error:  # gone, or not answering
+            logger.info("replica %s is not adopted: %s", replica_id, error)
+            return None
+        if pid != ready.pid:
+            logger.info("replica %s now runs pid %s, not %s", replica_id, pid, ready.pid)
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+            return None
+        replica = RayReplica.adopted(replica_id, actor, ready)
+        self._track(replica, name)
         return replica
+
+    def kill_strays(self) -> int:
+        """Kill replica actors no replica record names (one a killed controller was still
+        starting): they would hold their resources for ever. Returns how many."""
+        known = set(self._actor_names.values())
+        strays = 0
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry.get("name", "")
+            if entry.get("namespace") != NAMESPACE or not name.startswith(REPLICA_PREFIX):
+                continue
+            if name in known:
+                continue
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                strays += 1
+        return strays
 
     async def shutdown(self) -> None:
         """Kill whatever is left; the controller has already stopped replicas gracefully."""

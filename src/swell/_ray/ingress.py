@@ -90,6 +90,33 @@ class ProxyFleet:
             self._watch_nodes(), name="swell-ray-node-watch"
         )
 
+    async def adopt(self, backends: dict[str, BackendEntry]) -> int:
+        """Take over the proxies a previous controller started, which serve ``backends`` (its
+        checkpoint); call before ``start``, which starts the missing ones. Returns how many."""
+        self._backends = dict(backends)
+        adopted = 0
+        for node in await self._wanted_nodes():
+            try:
+                actor = ray.get_actor(proxy_actor_name(node.node_id), namespace=NAMESPACE)
+                info = await asyncio.wait_for(
+                    _future(actor.describe.remote()), _PROXY_START_DEADLINE_S
+                )
+            except Exception as error:  # gone, or never started
+                logger.info("no proxy to adopt on node %s: %s", node.node_id, error)
+                continue
+            proxy = _Proxy(node, actor, info)
+            self._proxies[node.node_id] = proxy
+            proxy.watch = asyncio.get_running_loop().create_task(
+                self._watch_proxy(proxy), name=f"swell-ray-proxy-watch-{node.node_id[:8]}"
+            )
+            adopted += 1
+        return adopted
+
+    @property
+    def backends(self) -> dict[str, BackendEntry]:
+        """The whole ingress state, as every proxy holds it (checkpointed)."""
+        return dict(self._backends)
+
     async def stop(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -180,6 +207,7 @@ class ProxyFleet:
                 name=name,
                 namespace=NAMESPACE,
                 num_cpus=0,
+                lifetime="detached",  # outlives a controller actor; its successor adopts it
                 max_restarts=0,
                 max_concurrency=64,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),

@@ -48,6 +48,11 @@ class SwellReplica:
             return error.detail
         return replace(ready, node_id=self._node_id)
 
+    async def pid(self) -> int | None:
+        """The replica's process (an adopting controller checks it is the one it recorded)."""
+        await self._launched.wait()
+        return None if self._replica is None else self._replica.pid
+
     async def wait_exit(self) -> int:
         """Resolves with the replica's exit status (pending for as long as it runs)."""
         await self._launched.wait()
