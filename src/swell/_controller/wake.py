@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import httpx
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -45,7 +45,10 @@ class WakeServer:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
-        response = await self._forward(request)
+        try:
+            response = await self._forward(request)
+        except ClientDisconnect:
+            return  # the client gave up while its request waited: no one to answer
         await response(scope, receive, send)
 
     async def _forward(self, request: Request) -> Response:
