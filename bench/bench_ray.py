@@ -116,8 +116,9 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-# CPU seconds per process group during one profiled wrk run, per engine ("where the cycles
-# go": the answer to why an engine serves fewer requests on the same cores).
+# Cores used per process group during one profiled wrk run, per engine ("where the cycles
+# go": why an engine serves fewer requests on the same cores). wrk itself is not counted (its
+# CPU time is read only from live processes).
 CPU: dict[str, dict[str, float]] = {}
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -330,6 +331,17 @@ def cpu_table(concurrency: int) -> str:
         lines.append(
             f"| {group} | " + " | ".join(f"{CPU[e].get(group, 0.0):.2f}" for e in engines) + " |"
         )
+
+    def per_request_us(engine: str) -> str:
+        used = sum(v for g, v in CPU[engine].items() if g != "req/s")
+        rate = CPU[engine]["req/s"]
+        return f"{used / rate * 1e6:.0f}" if rate else "-"
+
+    lines.append(
+        "| CPU µs per request (all of the above) | "
+        + " | ".join(per_request_us(e) for e in engines)
+        + " |"
+    )
     return "\n".join(lines)
 
 

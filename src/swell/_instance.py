@@ -401,8 +401,10 @@ class SwellInstance:
 
         assert isinstance(engine, RayEngine)
         if saved is None:
+            # What a controller that ended without a checkpoint left (killed for good, say).
+            await asyncio.get_running_loop().run_in_executor(None, fleet.kill_strays)
+            await asyncio.get_running_loop().run_in_executor(None, engine.kill_strays)
             await fleet.start()
-            engine.kill_strays()  # a previous controller's, whose checkpoint was cleared
             return
         adopted_proxies = await fleet.adopt(saved["backends"])
         await fleet.start()  # the nodes without one get a proxy with the whole state
@@ -414,7 +416,7 @@ class SwellInstance:
                     gone.append((app_name, server.name))
         for app_name, replica_id in dict.fromkeys(gone):
             await fleet.remove_server(app_name, replica_id)
-        strays = engine.kill_strays()
+        strays = await asyncio.get_running_loop().run_in_executor(None, engine.kill_strays)
         logger.info(
             "adopted %d proxies and %d replicas; %d replicas were gone, %d stray actors killed",
             adopted_proxies,

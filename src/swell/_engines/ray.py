@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from swell._engines.base import ReadyInfo, ReplicaStartupError
-from swell._ray.cluster import NAMESPACE
+from swell._ray.cluster import NAMESPACE, kill_named_actors
 from swell._ray.replica_actor import SwellReplica
 from swell._spec import ReplicaSpec
 
@@ -215,18 +215,7 @@ class RayEngine:
     def kill_strays(self) -> int:
         """Kill replica actors no replica record names (one a killed controller was still
         starting): they would hold their resources for ever. Returns how many."""
-        known = set(self._actor_names.values())
-        strays = 0
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            name = entry.get("name", "")
-            if entry.get("namespace") != NAMESPACE or not name.startswith(REPLICA_PREFIX):
-                continue
-            if name in known:
-                continue
-            with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-                strays += 1
-        return strays
+        return kill_named_actors(REPLICA_PREFIX, set(self._actor_names.values()))
 
     async def shutdown(self) -> None:
         """Kill whatever is left; the controller has already stopped replicas gracefully."""

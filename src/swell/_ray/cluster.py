@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ INSTALL_HINT = "install it with `pip install 'swell[ray]'`"
 
 # ray.init keeps retrying an address where no GCS answers; swell checks it first, this long.
 _PROBE_DEADLINE_S = 10.0
+_KILL_DEADLINE_S = 10.0
 
 
 def import_ray() -> Any:
@@ -119,6 +121,31 @@ def alive_nodes() -> list[NodeInfo]:
             )
         )
     return nodes
+
+
+def kill_named_actors(prefix: str, keep: set[str]) -> int:
+    """Kill swell's actors whose name starts with ``prefix``, except ``keep``: the leftovers of
+    a controller that ended without stopping them (they are detached). Returns how many."""
+    ray = import_ray()
+
+    def strays() -> set[str]:
+        return {
+            name
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry.get("namespace") == NAMESPACE
+            and (name := str(entry.get("name", ""))).startswith(prefix)
+            and name not in keep
+        }
+
+    killed = strays()
+    for name in killed:
+        with contextlib.suppress(Exception):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+    # Their names are free only once the GCS has them dead: a new actor may need one.
+    deadline = time.monotonic() + _KILL_DEADLINE_S
+    while killed and strays() & killed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(killed)
 
 
 def this_node() -> tuple[str, str]:

@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from swell._ingress.haproxy_config import BackendEntry, ServerEntry
-from swell._ray.cluster import NAMESPACE, NodeInfo, alive_nodes
+from swell._ray.cluster import NAMESPACE, NodeInfo, alive_nodes, kill_named_actors
 from swell._ray.proxy import HAProxyManager
 from swell.config import HTTPOptions, ProxyLocation
 from swell.exceptions import HAProxyError
@@ -36,8 +36,11 @@ _PROXY_STOP_DEADLINE_S = 15.0
 _ProxyActor = ray.remote(HAProxyManager)
 
 
+PROXY_PREFIX = "SWELL_PROXY-"
+
+
 def proxy_actor_name(node_id: str) -> str:
-    return f"SWELL_PROXY-{node_id}"
+    return f"{PROXY_PREFIX}{node_id}"
 
 
 def _future(ref: Any) -> asyncio.Future[Any]:
@@ -111,6 +114,12 @@ class ProxyFleet:
             )
             adopted += 1
         return adopted
+
+    def kill_strays(self) -> int:
+        """Kill proxy actors this fleet does not drive (a controller that ended without
+        stopping them left them): their names would block this fleet's. Returns how many."""
+        keep = {proxy_actor_name(node_id) for node_id in self._proxies}
+        return kill_named_actors(PROXY_PREFIX, keep)
 
     @property
     def backends(self) -> dict[str, BackendEntry]:
