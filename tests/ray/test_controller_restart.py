@@ -144,3 +144,29 @@ def test_rolling_update_across_nodes_under_load(swell_on_ray: RayCluster) -> Non
         versions = {httpx.get(node.url + "/", timeout=30).json()["version"] for _ in range(6)}
         assert versions == {"v2"}, (node.name, versions)
     swell.delete("rolling")
+
+
+def test_a_controller_killed_for_good_is_adopted_by_the_next_start(
+    swell_on_ray: RayCluster,
+) -> None:
+    """Killed with no restart, its checkpoint stays in the GCS: the next ``swell.start``
+    adopts its replicas and proxies instead of starting new ones."""
+    from swell._ray.driver import get_controller
+
+    head = swell_on_ray.nodes["head"]
+    swell.run(Where.options(name="Kept").bind(), name="kept", route_prefix="/kept")
+    before = _replicas("kept", "Kept")
+    proxies = _proxy_pids()
+    ray.kill(ray.get_actor(CONTROLLER_NAME, namespace="swell"), no_restart=True)
+    wait_until(lambda: get_controller() is None, 30, "the controller actor to be gone")
+    assert httpx.get(head.url + "/kept", timeout=30).status_code == 200  # serving meanwhile
+    swell.shutdown()  # this driver's view of the dead controller
+    swell.start(
+        http_options={"host": "127.0.0.1", "port": head.port},
+        admin_port=0,
+        address=swell_on_ray.cluster.address,
+    )
+    assert _replicas("kept", "Kept") == before
+    assert _proxy_pids() == proxies
+    assert httpx.get(head.url + "/kept", timeout=30).json()["replica"] in before
+    swell.delete("kept")
