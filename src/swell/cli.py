@@ -559,7 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="start a detached swell instance")
     _add_instance_options(start)
-    start.add_argument("--log-file", help="where the instance logs (default: a temp file)")
+    start.add_argument(
+        "--log-file",
+        help="where the instance logs (default: a temp file); with --address the controller "
+        "is a Ray actor and logs where Ray keeps its actors' logs",
+    )
     start.add_argument(
         "--block",
         action="store_true",
