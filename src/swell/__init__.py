@@ -3,6 +3,8 @@
 ``import swell as serve`` and Ray Serve code keeps working; HAProxy sits at the ingress.
 """
 
+# serve.metrics.Counter / Gauge / Histogram, as in Ray Serve (a module, like swell.llm).
+from swell import metrics as metrics
 from swell.api import (
     connect,
     delete,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Protocol
 
+from swell import _node_metrics
 from swell._controller.controller import Controller
 from swell._controller.deployer import ConfigDeployer
 from swell.config import (
@@ -66,6 +67,18 @@ class InstanceAdminBackend:
         ingress = self._instance.ingress
         assert ingress is not None
         return {socket.gethostname(): ingress.describe()}
+
+    async def metrics_text(self) -> str:
+        assert self._instance.controller is not None
+        ingress = self._instance.ingress or self._instance.fleet
+        return await _node_metrics.metrics_text(self._instance.controller, ingress)
+
+    async def dashboard_document(self) -> dict[str, Any]:
+        assert self._instance.controller is not None
+        ingress = self._instance.ingress or self._instance.fleet
+        return await _node_metrics.dashboard_document(
+            self._instance.controller, ingress, self.status_document()
+        )
 
     def note_demand(self, app_name: str, deployment: str) -> bool:
         assert self._instance.controller is not None

@@ -13,6 +13,7 @@ CONTROL_READY_PATH = "/-/swell/ready"  # HAProxy's health check: 200, or 503 whi
 CONTROL_HEALTH_PATH = "/-/swell/health"  # runs the user's check_health()
 CONTROL_STATS_PATH = "/-/swell/stats"  # in-flight requests and handle-call load
 CONTROL_RECONFIGURE_PATH = "/-/swell/reconfigure"  # a new user_config (POST)
+CONTROL_METRICS_PATH = "/-/swell/metrics"  # the replica's metric families, as JSON snapshots
 
 # Proves a caller is part of this swell cluster (controller → replica control calls, routers →
 # controller watches). Compared in constant time everywhere.
@@ -43,6 +44,9 @@ DEMAND_PREFIX = "/api/swell/demand/"
 CLUSTER_PATH = "/api/swell/cluster"
 INGRESS_PREFIX = "/api/swell/ingress/"
 ADMIN_HEALTH_PATH = "/-/healthz"
+METRICS_PATH = "/metrics"  # the node's Prometheus scrape endpoint
+DASHBOARD_PATH = "/dashboard"  # the status page (static HTML; its data needs a token)
+DASHBOARD_DATA_PATH = "/api/swell/dashboard"  # what the status page polls
 
 # Every node's ingress answers this itself (HAProxy, no replica involved), with Ray Serve's
 # proxy contract that KubeRay's probes rely on: 200 and a body holding "success" while the node

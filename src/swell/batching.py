@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
+from swell._metrics.process import PROCESS
 from swell.config import BatchConfig, validate_model
 from swell.exceptions import ConfigError
 
@@ -124,7 +125,9 @@ class _BatchQueue:
         run_batch: Callable[[list[_Call]], Any],
         settings: _Settings,
         loop: asyncio.AbstractEventLoop,
+        name: str = "batch",
     ) -> None:
+        self.name = name  # the function's, for the batch-size metrics
         self._run_batch = run_batch
         self._settings = settings
         self._loop = loop
@@ -153,6 +156,7 @@ class _BatchQueue:
             if not batch:
                 self._slots.release()
                 continue
+            PROCESS.batch_formed(self.name, len(batch))
             task = self._loop.create_task(self._run(batch), name="swell-batch")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -323,7 +327,9 @@ class _Batched:
             queues = per_owner.setdefault(id(self), weakref.WeakKeyDictionary())
         found = queues.get(loop)
         if found is None:
-            found = _BatchQueue(functools.partial(self.run_batch, owner), self.settings, loop)
+            found = _BatchQueue(
+                functools.partial(self.run_batch, owner), self.settings, loop, self.name
+            )
             queues[loop] = found
         return found
 

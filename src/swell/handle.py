@@ -16,12 +16,14 @@ import asyncio
 import concurrent.futures
 import math
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import Any
 
 from swell import _local_testing
 from swell._dataplane.router import ClusterContext, Router
+from swell._metrics.process import PROCESS
 from swell.exceptions import ConfigError, RequestTimeoutError
 
 # Seconds a handle call may take (a streaming call: each wait for its next item) unless the
@@ -339,11 +341,20 @@ class DeploymentHandle:
         return DeploymentResponse(future=asyncio.run_coroutine_threadsafe(coro, _background_loop()))
 
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        args, kwargs = await _resolve_arguments(args, kwargs)
-        router = _router(self.app_name, self.deployment_name)
-        return await router.call(
-            self.method_name, args, kwargs, self.timeout_s, self.multiplexed_model_id
-        )
+        started = time.perf_counter()
+        ok = False
+        try:
+            args, kwargs = await _resolve_arguments(args, kwargs)
+            router = _router(self.app_name, self.deployment_name)
+            result = await router.call(
+                self.method_name, args, kwargs, self.timeout_s, self.multiplexed_model_id
+            )
+            ok = True
+            return result
+        finally:
+            PROCESS.call_done(
+                self.app_name, self.deployment_name, ok, time.perf_counter() - started
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (

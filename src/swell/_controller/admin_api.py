@@ -13,16 +13,22 @@
 - ``GET /api/swell/cluster``: the cluster token, so that another process of the admin
   token's holder can make handle calls (``swell.get_app_handle`` outside the instance).
 - ``GET /api/swell/ingress/{app}``: the name of an application's ingress deployment.
+- ``GET /metrics``: the node's Prometheus exposition (see ``_node_metrics.py``).
+- ``GET /dashboard``: the status page, a static HTML file that holds no data; it reads the
+  read-only token from its URL's fragment and polls ``GET /api/swell/dashboard`` with it.
 - ``GET /-/healthz``: liveness, the one path open to anyone.
 
 Everything else requires the admin token (``Authorization: Bearer`` or
 ``x-ray-authorization: Bearer``), on loopback too; routers' paths also take the cluster token.
+``/metrics`` and the dashboard's data also take the *view token*, derived from the admin token
+(``view_token()``) and good for nothing else: it is what Prometheus and the page's URL carry.
 Requests whose ``Host`` is not an address the API is bound to are refused, so a web page cannot
 reach it through DNS rebinding.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Collection
@@ -34,14 +40,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from swell._controller.dashboard_page import page_response
 from swell._protocol import (
     ADMIN_HEALTH_PATH,
     ADMIN_TOKEN_HEADERS,
     APPLICATIONS_PATH,
     CLUSTER_PATH,
     CLUSTER_TOKEN_HEADER,
+    DASHBOARD_DATA_PATH,
+    DASHBOARD_PATH,
     DEMAND_PREFIX,
     INGRESS_PREFIX,
+    METRICS_PATH,
     REPLICA_SETS_PREFIX,
     SHUTDOWN_PATH,
 )
@@ -51,6 +61,16 @@ _MAX_CONFIG_BYTES = 16 << 20
 _API_TYPES = ("declarative", "imperative", "unknown")  # Ray Serve's values
 # What a cluster member (a replica, a process that joined) may read with the cluster token.
 _CLUSTER_PATHS = (REPLICA_SETS_PREFIX, DEMAND_PREFIX, INGRESS_PREFIX)
+# Paths that only read, and so also take the view token.
+_VIEW_PATHS = (METRICS_PATH, DASHBOARD_DATA_PATH)
+# Paths open without a token: liveness, and the status page's static HTML.
+_OPEN_PATHS = (ADMIN_HEALTH_PATH, DASHBOARD_PATH)
+
+
+def view_token(admin_token: str) -> str:
+    """A read-only token for ``/metrics`` and the status page's data, derived from the admin
+    token so nothing more is stored; knowing it reveals nothing about the admin token."""
+    return hmac.new(admin_token.encode(), b"swell view token v1", hashlib.sha256).hexdigest()
 
 
 class AdminBackend(Protocol):
@@ -69,6 +89,9 @@ class AdminBackend(Protocol):
     def note_demand(self, app_name: str, deployment: str) -> bool: ...
 
     def ingress_deployment(self, app_name: str) -> str | None: ...
+    async def metrics_text(self) -> str: ...
+
+    async def dashboard_document(self) -> dict[str, Any]: ...
 
 
 def allowed_hosts(bind_host: str, port: int) -> frozenset[str] | None:
@@ -94,6 +117,7 @@ class _Guard:
     ) -> None:
         self._app = app
         self._expected = f"Bearer {token}".encode()
+        self._view = f"Bearer {view_token(token)}".encode()
         self._cluster_token = cluster_token.encode()
         self._hosts = {host.encode() for host in hosts} if hosts is not None else None
 
@@ -107,10 +131,14 @@ class _Guard:
                 "admin API's address; connect to the address it is bound to"
             )
         path = scope["path"]
-        if path == ADMIN_HEALTH_PATH:
+        if path in _OPEN_PATHS:
             return None
         for name in ADMIN_TOKEN_HEADERS:
             if hmac.compare_digest(headers.get(name.encode(), b""), self._expected):
+                return None
+            if path in _VIEW_PATHS and hmac.compare_digest(
+                headers.get(name.encode(), b""), self._view
+            ):
                 return None
         # Routers in replicas prove membership with the cluster token for their watch.
         if path.startswith(_CLUSTER_PATHS) and hmac.compare_digest(
@@ -197,6 +225,17 @@ def build_admin_app(
         if deployment is None:
             return JSONResponse({"error": f"No application named {app_name!r} is running."}, 404)
         return JSONResponse({"deployment": deployment})
+    async def metrics(request: Request) -> Response:
+        text = await backend.metrics_text()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def dashboard(request: Request) -> Response:
+        return page_response()
+
+    async def dashboard_data(request: Request) -> JSONResponse:
+        return JSONResponse(
+            await backend.dashboard_document(), headers={"cache-control": "no-store"}
+        )
 
     app = Starlette(
         routes=[
@@ -207,6 +246,9 @@ def build_admin_app(
             Route(ADMIN_HEALTH_PATH, healthz, methods=["GET"]),
             Route(CLUSTER_PATH, cluster, methods=["GET"]),
             Route(INGRESS_PREFIX + "{app}", ingress, methods=["GET"]),
+            Route(METRICS_PATH, metrics, methods=["GET"]),
+            Route(DASHBOARD_PATH, dashboard, methods=["GET"]),
+            Route(DASHBOARD_DATA_PATH, dashboard_data, methods=["GET"]),
         ]
     )
     return _Guard(app, token, cluster_token, hosts)

@@ -16,14 +16,17 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from swell._controller import events as ev
 from swell._controller import snapshot as snapshots
 from swell._controller.autoscaling import autoscale, metrics_due
 from swell._controller.deployment_state import ReplicaState
 from swell._controller.lifecycle import IngressManager, ReplicaLifecycle
+from swell._controller.metrics_view import controller_snapshots, deploy_duration_family
 from swell._controller.model import AppRuntime, DeploymentRuntime, DeploymentTarget
 from swell._controller.replica_client import ReplicaClient
 from swell._controller.status_view import app_status, applications_document
 from swell._engines.base import Engine, ReadyInfo
+from swell._metrics.core import Snapshot, family_snapshot
 from swell._spec import ReplicaSpec
 from swell._tasks import TaskOwner
 from swell.config import gRPCOptions
@@ -68,6 +71,11 @@ class Controller:
         self._lifecycle = ReplicaLifecycle(
             engine, ingress, self._replicas, clock, self._wake.set, self._spawn
         )
+        # Recent events (the status page) and their counts (the metrics).
+        self.events = self._lifecycle.events
+        self._deploy_durations = deploy_duration_family()
+        # Apps deploying: name -> when the deploy was asked for (clock), until RUNNING.
+        self._deploying: dict[str, float] = {}
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -127,6 +135,8 @@ class Controller:
     ) -> None:
         """Set an application's desired state. Replicas start on the next tick."""
         self._check_route_free(name, route_prefix)
+        self.events.record(ev.DEPLOY_REQUESTED, name, message=f"route_prefix {route_prefix}")
+        self._deploying[name] = self._clock()
         existing = self._apps.get(name)
         if existing is not None and existing.deleting:
             await existing.deleted.wait()
@@ -242,6 +252,7 @@ class Controller:
         finally:
             if self._apps.get(name) is app:
                 del self._apps[name]
+                self.events.record(ev.APP_DELETED, name)
             app.deleted.set()
             for deployment in app.deployments.values():
                 deployment.set_changed.set()
@@ -295,6 +306,7 @@ class Controller:
 
     def _reconcile(self) -> None:
         now = self._clock()
+        self._note_deploys_done(now)
         for app in list(self._apps.values()):
             if app.deleting:
                 continue
@@ -311,7 +323,7 @@ class Controller:
                 for replica_id in plan.check_health:
                     deployment.state.on_health_check_started(replica_id, now)
                     self._spawn(
-                        self._lifecycle.check_health(deployment, replica_id),
+                        self._lifecycle.check_health(deployment, replica_id, app.name),
                         f"swell-health-{replica_id}",
                     )
                 if metrics_due(deployment, now):
@@ -322,8 +334,66 @@ class Controller:
                     )
 
     async def _autoscale(self, app: AppRuntime, deployment: DeploymentRuntime) -> None:
+        before = deployment.state.target
         if await autoscale(app, deployment, self._replicas, self._ingress, self._clock):
+            self.events.record(
+                ev.AUTOSCALED,
+                app.name,
+                deployment.target.name,
+                f"target replicas {before} -> {deployment.state.target}",
+            )
             self._wake.set()
+
+    def _note_deploys_done(self, now: float) -> None:
+        """A deploy ends when its app is RUNNING (or DEPLOY_FAILED): time it, log it."""
+        for name, started in list(self._deploying.items()):
+            app = self._apps.get(name)
+            status = app_status(app) if app is not None else "DELETED"
+            if status in ("DEPLOYING",):
+                continue
+            del self._deploying[name]
+            if status == "RUNNING":
+                self._deploy_durations.observe((name,), now - started)
+                self.events.record(ev.DEPLOYED, name, message=f"in {now - started:.1f}s")
+            elif status == "DEPLOY_FAILED":
+                self.events.record(ev.DEPLOY_FAILED, name, message="replicas keep failing")
+
+    def metric_snapshots(self) -> list[Snapshot]:
+        """The controller's families for the node's scrape endpoint."""
+        return controller_snapshots(self._apps.values(), self.events, self._deploy_durations)
+
+    async def replica_metric_snapshots(self, timeout_s: float) -> list[Snapshot]:
+        """Every RUNNING replica's families, asked in parallel; ``swell_replica_scrape_up``
+        says which answered (a replica that did not is left out, not waited for)."""
+        addresses = self.replica_control_addresses()
+        answers = await asyncio.gather(
+            *(self._replicas.metrics(address, timeout_s) for address in addresses.values())
+        )
+        found: list[Snapshot] = []
+        up: list[tuple[tuple[str, ...], float]] = []
+        for key, families in zip(addresses, answers, strict=True):
+            up.append((key, 0.0 if families is None else 1.0))
+            found.extend(families or [])
+        found.append(
+            family_snapshot(
+                "swell_replica_scrape_up",
+                "gauge",
+                "1 if the replica answered this scrape, 0 if it did not in time.",
+                ("application", "deployment", "replica"),
+                up,
+            )
+        )
+        return found
+
+    def replica_control_addresses(self) -> dict[tuple[str, str, str], str]:
+        """(application, deployment, replica) -> control address, for RUNNING replicas."""
+        found: dict[tuple[str, str, str], str] = {}
+        for app in self._apps.values():
+            for name, deployment in app.deployments.items():
+                for record in deployment.state.replicas.values():
+                    if record.state is ReplicaState.RUNNING and record.control_address:
+                        found[(app.name, name, record.replica_id)] = record.control_address
+        return found
 
     def _start_replica(self, app: AppRuntime, deployment: DeploymentRuntime) -> None:
         target = deployment.target

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from swell._controller import events as ev
 from swell._controller.deployment_state import ReplicaState
+from swell._controller.events import EventLog
 from swell._controller.model import AppRuntime, DeploymentRuntime
 from swell._controller.replica_client import ReplicaClient
 from swell._engines.base import Engine, ReadyInfo, ReplicaRuntime, ReplicaStartupError
@@ -65,6 +67,7 @@ class ReplicaLifecycle:
         self._clock = clock
         self._wake = wake
         self._spawn = spawn
+        self.events = EventLog()
 
     async def reconfigure(self, deployment: DeploymentRuntime, replica_id: str) -> None:
         """Hand a live replica its new user_config; one that rejects it is replaced."""
@@ -119,6 +122,9 @@ class ReplicaLifecycle:
                 replica_id, ready.address, ready.pid, self._clock(), ready.control_address
             )
             deployment.publish(replica_id, ready.data_address)
+            self.events.record(
+                ev.REPLICA_RUNNING, app.name, deployment.target.name, ready.address, replica_id
+            )
             self._spawn(self.watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
         except asyncio.CancelledError:
             # Stopped while starting (the stop path cancels us): undo, and end normally.
@@ -136,6 +142,13 @@ class ReplicaLifecycle:
             if self.still_wanted(deployment, replica_id):
                 deployment.state.on_start_failed(replica_id, detail, self._clock())
                 logger.error("replica %s failed to start:\n%s", replica_id, detail)
+                self.events.record(
+                    ev.REPLICA_START_FAILED,
+                    app.name,
+                    deployment.target.name,
+                    detail.strip().splitlines()[-1] if detail.strip() else detail,
+                    replica_id,
+                )
             else:
                 deployment.state.on_stopped(replica_id)
         finally:
@@ -201,6 +214,9 @@ class ReplicaLifecycle:
         if record is None or record.state is ReplicaState.STOPPING:
             return
         logger.warning("replica %s exited unexpectedly with status %s", replica_id, status)
+        self.events.record(
+            ev.REPLICA_DIED, app.name, deployment.target.name, f"exit status {status}", replica_id
+        )
         deployment.runtimes.pop(replica_id, None)
         deployment.publish(replica_id, None)
         deployment.state.on_died(
@@ -239,6 +255,7 @@ class ReplicaLifecycle:
             await runtime.stop(config.graceful_shutdown_timeout_s)
         deployment.runtimes.pop(replica_id, None)
         deployment.state.on_stopped(replica_id)
+        self.events.record(ev.REPLICA_STOPPED, app.name, deployment.target.name, "", replica_id)
         self._wake()
 
     async def _drain_in_haproxy(
@@ -252,7 +269,9 @@ class ReplicaLifecycle:
                 return
             await asyncio.sleep(min(poll_s, max(0.0, deadline - self._clock())))
 
-    async def check_health(self, deployment: DeploymentRuntime, replica_id: str) -> None:
+    async def check_health(
+        self, deployment: DeploymentRuntime, replica_id: str, app_name: str = ""
+    ) -> None:
         record = deployment.state.replicas.get(replica_id)
         if record is None or record.control_address is None:
             return
@@ -261,4 +280,7 @@ class ReplicaLifecycle:
         )
         deployment.state.on_health_result(replica_id, ok, detail)
         if not ok:
+            self.events.record(
+                ev.HEALTH_CHECK_FAILED, app_name, deployment.target.name, detail, replica_id
+            )
             self._wake()

@@ -14,6 +14,7 @@ import httpx
 from swell._protocol import (
     CLUSTER_TOKEN_HEADER,
     CONTROL_HEALTH_PATH,
+    CONTROL_METRICS_PATH,
     CONTROL_RECONFIGURE_PATH,
     CONTROL_STATS_PATH,
 )
@@ -53,6 +54,18 @@ class ReplicaClient:
         except httpx.HTTPError as error:
             return False, f"{type(error).__name__}: {error}"
         return response.status_code == 200, response.text
+
+    async def metrics(self, control_address: str, timeout_s: float) -> list[Any] | None:
+        """The replica's metric families (JSON snapshots); None if it did not answer."""
+        try:
+            response = await self._http.get(
+                f"http://{control_address}{CONTROL_METRICS_PATH}", timeout=timeout_s
+            )
+            response.raise_for_status()
+            families = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return families if isinstance(families, list) else None
 
     async def load(self, control_address: str) -> int | None:
         """Requests and handle calls in flight on the replica; None if it did not answer."""

@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ from swell._dataplane.wire import (
     Rejection,
     read_frame,
 )
+from swell._metrics.process import PROCESS
 
 logger = logging.getLogger(__name__)
 
@@ -242,12 +244,16 @@ class _Connection:
                 await self._refuse_arguments(stream_id, kind, error)
                 return
             if kind is Kind.CALL:
+                started = time.perf_counter()
                 try:
                     result = codec.encode_result(await dispatcher.call(method, args, kwargs))
+                    ok = True
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
                     result = codec.encode_error(error)
+                    ok = False
+                PROCESS.received_done(method, ok, time.perf_counter() - started)
                 await self._send(stream_id, Kind.RESULT, result)
                 return
             credit = self._credits[stream_id]

@@ -69,6 +69,8 @@ class IngressSettings:
     tls: TLSSettings | None = None
     # The gRPC frontend's port (grpc_options.port), when gRPC is served; see grpc_routes.py.
     grpc_port: int | None = None
+    # HAProxy's Prometheus exporter on this unix socket (None: the binary has none).
+    metrics_socket_path: str | None = None
 
     @classmethod
     def from_options(
@@ -246,6 +248,18 @@ def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[s
     return lines
 
 
+def _metrics_frontend(settings: IngressSettings) -> list[str]:
+    """HAProxy's own numbers for the node's scrape endpoint, on a private unix socket."""
+    if settings.metrics_socket_path is None:
+        return []
+    return [
+        "",
+        "frontend swell_metrics",
+        f"    bind {_quoted('unix@' + settings.metrics_socket_path)} mode 600",
+        "    http-request use-service prometheus-exporter",
+    ]
+
+
 def render(
     settings: IngressSettings,
     backends: list[BackendEntry],
@@ -293,6 +307,7 @@ def render(
         "    option http-no-delay",
         "",
         *_frontend(settings, backends),
+        *_metrics_frontend(settings),
         "",
         f"backend {NO_ROUTE_BACKEND}",
         "    http-request return status 404 content-type text/plain string "

@@ -26,6 +26,7 @@ from swell._ingress.haproxy_config import (
     ServerEntry,
     render,
 )
+from swell._ingress.haproxy_exporter import exporter_available
 from swell._ingress.haproxy_process import (
     HAProxyProcess,
     check_config,
@@ -165,6 +166,11 @@ class HAProxyManager:
             "config_generation": self._generation,
         }
 
+    @property
+    def metrics_socket(self) -> str | None:
+        """Where HAProxy's Prometheus exporter answers (None: this binary has none)."""
+        return self._settings.metrics_socket_path
+
     def restore_backends(self, backends: dict[str, BackendEntry]) -> None:
         """Before a fresh start: serve the routes (and live servers) a checkpoint recorded."""
         self._backends = dict(backends)
@@ -187,6 +193,9 @@ class HAProxyManager:
 
     def _prepare(self) -> None:
         self.version = haproxy_version(self.binary)
+        if exporter_available(self.binary):
+            metrics_socket = str(self._runtime_dir / "metrics.sock")
+            self._settings = replace(self._settings, metrics_socket_path=metrics_socket)
         self.runtime.wait_removable = version_at_least(self.version, (3, 0))
         self._settings = replace(self._settings, tls=build_bundle(self._options, self._runtime_dir))
 

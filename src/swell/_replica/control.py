@@ -16,9 +16,11 @@ from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from swell._metrics.core import REGISTRY
 from swell._protocol import (
     CLUSTER_TOKEN_HEADER,
     CONTROL_HEALTH_PATH,
+    CONTROL_METRICS_PATH,
     CONTROL_READY_PATH,
     CONTROL_RECONFIGURE_PATH,
     CONTROL_STATS_PATH,
@@ -57,7 +59,8 @@ async def send_plain(send: Send, status: int, body: bytes, content_type: bytes) 
 
 
 class ControlEndpoints:
-    """``/-/swell/ready``, ``/health``, ``/stats`` and ``/reconfigure`` on the control port."""
+    """``/-/swell/ready``, ``/health``, ``/stats``, ``/metrics`` and ``/reconfigure`` on the
+    control port."""
 
     def __init__(
         self,
@@ -100,6 +103,9 @@ class ControlEndpoints:
                     "draining": self._state.draining,
                 }
             ).encode()
+            await send_plain(send, 200, body, b"application/json")
+        elif path == CONTROL_METRICS_PATH:
+            body = json.dumps(REGISTRY.snapshots()).encode()
             await send_plain(send, 200, body, b"application/json")
         elif path == CONTROL_RECONFIGURE_PATH and scope.get("method") == "POST":
             await self._reconfigure(receive, send)

@@ -42,6 +42,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
     from swell._dataplane.service import ReplicaService
     from swell._dataplane.service import start_server as start_dataplane
     from swell._dataplane.service import stop_server as stop_dataplane
+    from swell._metrics.process import PROCESS
     from swell._replica.fastapi_view import bind_routes_to_instance, resolve_ingress_app
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
@@ -108,6 +109,8 @@ async def _serve(spec: Any, events_fd: int) -> int:
             _emit(events_fd, {"event": "failed", "error": traceback.format_exc()})
             return 1
     app.handle_load = service.load
+    PROCESS.context = (spec.app_name, spec.deployment_name, spec.replica_id)
+    PROCESS.ongoing = service.load
     user_socket = _listen(spec.host)
     control_socket = _listen(spec.host)
     port = user_socket.getsockname()[1]

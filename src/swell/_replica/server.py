@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from swell._metrics.process import PROCESS
 from swell._protocol import REQUEST_ID_HEADER, ROUTE_PREFIX_HEADER
 from swell._replica.control import ControlEndpoints, send_plain
 from swell._replica.multiplexing import set_request_model_id
@@ -95,7 +97,7 @@ class ReplicaASGI:
         self.ongoing += 1
         try:
             if kind == "http":
-                await self._serve_http(scope, receive, send)
+                await self._serve_http(scope, receive, send, root_path or "/")
             elif kind == "websocket" and self._ingress_app is not None:
                 await serve_websocket(self._ingress_app, scope, receive, send)
             elif self._ingress_app is not None:
@@ -103,8 +105,9 @@ class ReplicaASGI:
         finally:
             self.ongoing -= 1
 
-    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send, route: str) -> None:
         """Run the handler, cancelling it (and its handle calls) if the client goes away."""
+        started = time.perf_counter()
         guard = RequestGuard(receive, send, self._max_body_bytes)
         loop = asyncio.get_running_loop()
         # Most requests finish long before a client could leave: only those still running
@@ -121,12 +124,15 @@ class ReplicaASGI:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except RequestBodyTooLarge as error:
             if not guard.response_started:
-                await send_plain(send, 413, str(error).encode(), _TEXT)
+                await send_plain(guard.send, 413, str(error).encode(), _TEXT)
         except Exception:
             await self._internal_error(scope, guard)
         finally:
             timer.cancel()
             guard.stop_watching()
+            # No status: the client left first (499, as nginx and Ray Serve count it).
+            status = guard.status or (499 if guard.disconnected else 500)
+            PROCESS.http_done(route, scope["method"], status, time.perf_counter() - started)
 
     async def _internal_error(self, scope: Scope, guard: RequestGuard) -> None:
         """Log the detail with the request id; the client gets the id, never the internals."""
