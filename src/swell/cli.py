@@ -26,9 +26,11 @@ from swell._app_source import (
     use_app_dir,
     with_default_runtime_env,
 )
+from swell._controller.admin_api import view_token
 from swell._import_path import load_application
 from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
+from swell._protocol import DASHBOARD_PATH
 from swell._ray_env import ray_auth_token
 from swell._reload import watch_and_redeploy
 from swell.config import (
@@ -383,6 +385,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """The status page's address, carrying the read-only view token in its fragment."""
+    token = resolve_token(args.address, args.token_file)
+    if token is None:
+        raise SwellError(
+            f"no admin token found for {args.address}: pass --token-file (a local instance "
+            "leaves its token for the user who started it)"
+        )
+    view = view_token(token)
+    if args.scrape_token:
+        print(view)
+    else:
+        address = args.address if "://" in args.address else f"http://{args.address}"
+        print(f"{address.rstrip('/')}{DASHBOARD_PATH}#view={view}")
+    return 0
+
+
 def _print_status(status: dict[str, Any]) -> None:
     for name, proxy in status.get("proxies", {}).items():
         restarts = proxy.get("restarts") or 0
@@ -596,6 +615,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--yaml", action="store_true", help="print it as Ray's `serve status` does (YAML)"
     )
     status.set_defaults(handler=_cmd_status)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="print the status page's address (with a read-only token)"
+    )
+    _add_client_options(dashboard)
+    dashboard.add_argument(
+        "--scrape-token",
+        action="store_true",
+        help="print only the read-only token, for Prometheus to scrape /metrics with",
+    )
+    dashboard.set_defaults(handler=_cmd_dashboard)
 
     config = commands.add_parser("config", help="print the config in force")
     _add_client_options(config)

@@ -136,7 +136,7 @@ class Controller:
         """Set an application's desired state. Replicas start on the next tick."""
         self._check_route_free(name, route_prefix)
         self.events.record(ev.DEPLOY_REQUESTED, name, message=f"route_prefix {route_prefix}")
-        self._deploying[name] = self._clock()
+        requested = self._clock()
         existing = self._apps.get(name)
         if existing is not None and existing.deleting:
             await existing.deleted.wait()
@@ -151,6 +151,7 @@ class Controller:
             if existing.route_prefix != route_prefix:
                 await self._move_route(existing, route_prefix)
             self._update_app(existing, targets)
+        self._deploying[name] = requested
         self._wake.set()
 
     def _check_route_free(self, name: str, route_prefix: str | None) -> None:
@@ -349,7 +350,7 @@ class Controller:
         for name, started in list(self._deploying.items()):
             app = self._apps.get(name)
             status = app_status(app) if app is not None else "DELETED"
-            if status in ("DEPLOYING",):
+            if status == "DEPLOYING":
                 continue
             del self._deploying[name]
             if status == "RUNNING":
