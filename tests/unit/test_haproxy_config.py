@@ -95,6 +95,11 @@ CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
         ),
         [BackendEntry("api", "/api", (server("a1", 9001, check_port=9501),))],
     ),
+    # HAProxy's Prometheus exporter on a private unix socket, for the node's /metrics.
+    "metrics_exporter": (
+        replace(SETTINGS, metrics_socket_path="/run/swell/metrics.sock"),
+        [BackendEntry("api", "/api", (server("a1", 9001),))],
+    ),
 }
 
 
@@ -412,6 +417,8 @@ def haproxy_binaries() -> list[str]:
 def test_haproxy_accepts_config(case: str, binary: str, tmp_path: Path) -> None:
     settings, backends = CASES[case]
     settings = replace(settings, socket_path=str(tmp_path / "admin.sock"))
+    if settings.metrics_socket_path is not None:
+        settings = replace(settings, metrics_socket_path=str(tmp_path / "metrics.sock"))
     if settings.tls is not None:
         bundle, ca = self_signed(tmp_path)
         settings = replace(settings, tls=TLSSettings(str(bundle), str(ca)))
