@@ -47,7 +47,7 @@ def test_label_values_are_escaped() -> None:
     text = render([family.snapshot()])
     assert '\\"hi\\"\\\\\\n' in text
     assert "# HELP odd_total a \\\\ help\\nline" in text
-    [(_, labels, value)] = parse(text)
+    [(_, _labels, value)] = parse(text)
     assert value == 1
 
 
