@@ -7,8 +7,11 @@ HAProxy's own, and in the user's metrics (auto-tagged with deployment, replica, 
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ from tests.integration.conftest import free_port, haproxy_binaries
 from tests.metrics_text import Sample, parse, series, total
 
 APP = "metrics_app"
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "swell-dashboard.json"
 SENT = {"ok": 24, "missing": 5, "boom": 4}
 STATUS = {"ok": "200", "missing": "404", "boom": "500"}
 
@@ -53,13 +57,17 @@ def _send_load(url: str, errors: list[BaseException]) -> None:
         errors.append(error)
 
 
-def _scrape(admin: str, token: str) -> list[Sample]:
+def _scrape_text(admin: str, token: str) -> str:
     response = httpx.get(
         f"{admin}/metrics", headers={"authorization": f"Bearer {token}"}, timeout=30
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return parse(response.text)
+    return response.text
+
+
+def _scrape(admin: str, token: str) -> list[Sample]:
+    return parse(_scrape_text(admin, token))
 
 
 def test_scrape_counts_every_request_once(instance: tuple[str, str, str]) -> None:
@@ -80,7 +88,8 @@ def test_scrape_counts_every_request_once(instance: tuple[str, str, str]) -> Non
     load.join(timeout=60)
     assert not load.is_alive() and not errors, errors
 
-    samples = _scrape(admin, token)
+    text = _scrape_text(admin, token)
+    samples = parse(text)
     front = {"application": APP, "deployment": "Front"}
     for kind, count in SENT.items():
         code = STATUS[kind]
@@ -137,6 +146,14 @@ def test_scrape_counts_every_request_once(instance: tuple[str, str, str]) -> Non
     assert total(samples, responses, **backend, code="2xx") == SENT["ok"]
     assert total(samples, responses, **backend, code="4xx") == SENT["missing"]
     assert total(samples, responses, **backend, code="5xx") == SENT["boom"]
+
+    # Every family the shipped Grafana dashboard queries is one this scrape has.
+    dashboard = json.loads(GRAFANA.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = set(re.findall(r"\b((?:ray_serve|swell|haproxy)_[a-z_]+)", " ".join(exprs)))
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in queried}
+    missing = sorted(name for name in families if f"# TYPE {name} " not in text)
+    assert missing == []
 
 
 def _check_histograms(samples: list[Sample], name: str) -> None:
