@@ -50,6 +50,18 @@ def cluster_context() -> ClusterContext | None:
     return _cluster
 
 
+def _queued_calls() -> dict[tuple[str, str], int]:
+    """Calls from this process waiting for a replica with room, per (app, deployment)."""
+    counts: dict[tuple[str, str], int] = {}
+    for routers in list(_routers.values()):
+        for key, router in list(routers.items()):
+            counts[key] = counts.get(key, 0) + router.waiting
+    return counts
+
+
+PROCESS.queued = _queued_calls
+
+
 def close_routers() -> None:
     """Stop every router's watch and channels; called when swell shuts down in this process."""
     for loop, routers in list(_routers.items()):

@@ -114,6 +114,8 @@ def test_scrape_counts_every_request_once(instance: tuple[str, str, str]) -> Non
     made = {"caller_deployment": "Front", "deployment": "Model", "application": APP}
     assert total(samples, "ray_serve_handle_request_counter_total", **made) == calls
     assert total(samples, "swell_handle_call_latency_ms_count", **made, outcome="ok") == calls
+    assert series(samples, "ray_serve_deployment_queued_queries", **made)
+    assert total(samples, "ray_serve_deployment_queued_queries", **made) == 0
     served = {"application": APP, "deployment": "Model", "method": "predict", "outcome": "ok"}
     assert total(samples, "swell_handle_calls_received_latency_ms_count", **served) == calls
     model = {"application": APP, "deployment": "Model"}

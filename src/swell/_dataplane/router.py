@@ -109,6 +109,11 @@ class Router:
         self._deadlines = Deadlines()
         self._models_heard = asyncio.Event()
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a replica with room (the metrics' queued calls)."""
+        return self._waiting
+
     # The replica set ---------------------------------------------------------------------
 
     def _ensure_watching(self) -> None:

@@ -56,11 +56,21 @@ class ProcessMetrics:
         self.batches: dict[str, _Row] = {}
         # Requests and handle calls running now (set by the replica).
         self.ongoing: Callable[[], int] | None = None
+        # Handle calls waiting in this process's routers, per (application, deployment).
+        self.queued: Callable[[], dict[tuple[str, str], int]] | None = None
 
     # The hot path -------------------------------------------------------------------------
 
     def http_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        _add(self.http, (route, method, status), seconds * 1000.0, LATENCY_BUCKETS_MS)
+        # _add() inlined: this runs once per HTTP request.
+        key = (route, method, status)
+        row = self.http.get(key)
+        if row is None:
+            row = self.http[key] = new_row(LATENCY_BUCKETS_MS)
+        ms = seconds * 1000.0
+        row[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
+        row[-2] += ms
+        row[-1] += 1
 
     def received_done(self, method: str, ok: bool, seconds: float) -> None:
         _add(self.received, (method, ok), seconds * 1000.0, LATENCY_BUCKETS_MS)
@@ -210,10 +220,18 @@ class ProcessMetrics:
             return []
         labels = ("caller_application", "caller_deployment", "caller_replica")
         target = ("application", "deployment")
+        queued = self.queued() if self.queued is not None else {}
         counts: dict[tuple[str, ...], float] = {}
         for (app, dep, _), row in calls:
             counts[(*ctx, app, dep)] = counts.get((*ctx, app, dep), 0.0) + row[-1]
         return [
+            family_snapshot(
+                "ray_serve_deployment_queued_queries",
+                "gauge",
+                "Handle calls from this process waiting for a replica with room.",
+                (*labels, *target),
+                [((*ctx, app, dep), float(n)) for (app, dep), n in queued.items()],
+            ),
             family_snapshot(
                 "ray_serve_handle_request_counter_total",
                 "counter",
