@@ -22,6 +22,11 @@ SCRAPE_TIMEOUT_S = 3.0
 
 
 async def _haproxy_text(ingress: Any) -> str | None:
+    """This node's HAProxy exporter; on Ray, every node's, tagged with ``node_id``."""
+    fleet_metrics = getattr(ingress, "haproxy_metrics", None)
+    if fleet_metrics is not None:
+        text: str | None = await fleet_metrics(SCRAPE_TIMEOUT_S)
+        return text
     socket_path = getattr(ingress, "metrics_socket", None)
     if not isinstance(socket_path, str):
         return None

@@ -9,8 +9,11 @@ import httpx
 import pytest
 
 import swell
+from swell import api
+from swell._controller.admin_api import view_token
 from swell._ray.ingress import proxy_actor_name
 from tests.integration.conftest import replica_stats
+from tests.metrics_text import parse, total
 from tests.ray.apps import Back, Front, Slow, Where
 from tests.ray.conftest import RayCluster, get_json, replica_nodes, wait_until
 
@@ -154,3 +157,35 @@ def test_actor_options_ray_refuses_fail_the_deploy_with_the_options(
     with pytest.raises(swell.DeploymentFailedError, match="ray_actor_options"):
         swell.run(bad.bind(), name="bad", route_prefix="/bad")
     swell.delete("bad")
+
+
+def test_metrics_cover_every_nodes_haproxy_and_the_replicas(swell_on_ray: RayCluster) -> None:
+    nodes = swell_on_ray.nodes
+    swell.run(
+        Where.options(ray_actor_options=_on(nodes["a"].resource)).bind(),
+        name="metered",
+        route_prefix="/metered",
+    )
+    try:
+        for node in nodes.values():
+            for _ in range(3):
+                get_json(node.url, "/metered")
+        instance = api._instance
+        assert instance is not None
+        admin = f"http://127.0.0.1:{swell.status().raw['admin_port']}"
+        token = view_token(instance.admin_token)
+        response = httpx.get(
+            f"{admin}/metrics", headers={"authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert response.status_code == 200
+        samples = parse(response.text)
+        # The replica on node a counted every request, whichever node's HAProxy took it.
+        requests = "ray_serve_num_http_requests_total"
+        assert total(samples, requests, application="metered", status_code="200") == 3 * len(nodes)
+        # Each node's HAProxy reports its own share, tagged with its node.
+        responses = "haproxy_backend_http_responses_total"
+        for node in nodes.values():
+            mine = {"proxy": "app_metered", "code": "2xx", "node_id": node.node_id}
+            assert total(samples, responses, **mine) == 3, node.name
+    finally:
+        swell.delete("metered")

@@ -13,6 +13,7 @@ from swell._metrics.core import (
     HistogramFamily,
     Registry,
     family_snapshot,
+    merge_texts,
     render,
 )
 from swell._metrics.process import ProcessMetrics
@@ -129,3 +130,21 @@ def test_event_log_is_bounded_but_counts_everything() -> None:
     recent = log.recent()
     assert [event["message"] for event in recent] == ["#4", "#3", "#2"]
     assert log.counts[("app", "Dep", "replica_died")] == 5
+
+
+def test_texts_of_several_haproxies_merge_into_one_family_each() -> None:
+    node = (
+        "# HELP haproxy_backend_current_queue Queued requests.\n"
+        "# TYPE haproxy_backend_current_queue gauge\n"
+        'haproxy_backend_current_queue{proxy="app_a"} 2\n'
+        "# HELP haproxy_process_nbthread Threads.\n"
+        "# TYPE haproxy_process_nbthread gauge\n"
+        "haproxy_process_nbthread 4\n"
+    )
+    text = merge_texts({"n1": node, "n2": node.replace(" 2\n", " 5\n")}, "node_id")
+    samples = parse(text)
+    assert text.count("# TYPE haproxy_backend_current_queue gauge") == 1
+    assert text.count("# HELP haproxy_process_nbthread") == 1
+    assert total(samples, "haproxy_backend_current_queue", node_id="n2", proxy="app_a") == 5
+    assert total(samples, "haproxy_backend_current_queue") == 7
+    assert total(samples, "haproxy_process_nbthread", node_id="n1") == 4

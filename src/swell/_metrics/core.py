@@ -265,3 +265,31 @@ def render(snapshots: Iterable[Snapshot]) -> str:
             out.append(f"{name}_sum{_label_text(pairs)} {_number(row[-2])}")
             out.append(f"{name}_count{_label_text(pairs)} {_number(row[-1])}")
     return "\n".join(out) + "\n" if out else ""
+
+
+# Other exporters' text ---------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?(\s.*)$")
+
+
+def merge_texts(texts: dict[str, str], label: str) -> str:
+    """Several exporters' text with the same families (one HAProxy per node) as one valid
+    exposition: each family's HELP and TYPE once, every sample tagged ``label="<key>"``."""
+    families: dict[str, list[str]] = {}  # name -> HELP/TYPE lines, then samples
+    for key, text in texts.items():
+        tag = f'{label}="{_escape(key)}"'
+        current = ""
+        for line in text.splitlines():
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                current = line.split()[2]
+                header = families.setdefault(current, [])
+                if not any(h.startswith(line[:7]) for h in header if h.startswith("#")):
+                    header.insert(0 if line.startswith("# HELP") else len(header), line)
+                continue
+            match = _SAMPLE.match(line)
+            if match is None:
+                continue
+            name, labels, rest = match.groups()
+            tagged = "{" + tag + ("," + labels[1:] if labels and labels != "{}" else "}")
+            families.setdefault(current or name, []).append(f"{name}{tagged}{rest}")
+    return "".join(line + "\n" for lines in families.values() for line in lines)

@@ -20,6 +20,7 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from swell._ingress.haproxy_config import BackendEntry, ServerEntry
+from swell._metrics.core import merge_texts
 from swell._ray.cluster import NAMESPACE, NodeInfo, alive_nodes, kill_named_actors
 from swell._ray.proxy import HAProxyManager
 from swell.config import HTTPOptions, ProxyLocation
@@ -332,6 +333,24 @@ class ProxyFleet:
             for name, count in answer.items():
                 total[name] = total.get(name, 0) + count
         return total
+
+    async def haproxy_metrics(self, timeout_s: float) -> str | None:
+        """Every node's HAProxy exporter text as one exposition, each sample tagged with its
+        ``node_id`` (Ray's); None if no proxy answered in time."""
+        proxies = list(self._proxies.values())
+        answers = await asyncio.gather(
+            *(
+                asyncio.wait_for(_future(p.actor.haproxy_metrics.remote(timeout_s)), timeout_s)
+                for p in proxies
+            ),
+            return_exceptions=True,
+        )
+        texts = {
+            proxy.node.node_id: answer
+            for proxy, answer in zip(proxies, answers, strict=True)
+            if isinstance(answer, str)
+        }
+        return merge_texts(texts, "node_id") if texts else None
 
     # Status -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from swell._ingress import haproxy_exporter
 from swell._ingress.haproxy_config import BackendEntry
 from swell._ingress.haproxy_manager import HAProxyManager as _LocalManager
 from swell._procs import pid_alive
@@ -85,6 +86,13 @@ class HAProxyManager:
 
     async def sessions(self, app_name: str) -> dict[str, int]:
         return await self._manager.sessions(app_name)
+
+    async def haproxy_metrics(self, timeout_s: float) -> str | None:
+        """This node's HAProxy exporter text (its socket is only reachable on this node)."""
+        socket_path = self._manager.metrics_socket
+        if socket_path is None:
+            return None
+        return await haproxy_exporter.scrape(socket_path, timeout_s)
 
     async def wait_stopped(self) -> None:
         """Pending for the proxy's whole life: the fleet sees the actor die when this fails.
