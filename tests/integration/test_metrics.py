@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import swell
-from swell import api
+from swell import api, cli
 from swell._controller.admin_api import view_token
 from tests.integration import metrics_apps
 from tests.integration.conftest import free_port, haproxy_binaries
@@ -176,10 +176,20 @@ def _check_histograms(samples: list[Sample], name: str) -> None:
 
 
 def test_metrics_need_a_token_and_the_view_token_only_reads(
-    instance: tuple[str, str, str],
+    instance: tuple[str, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, admin, admin_token = instance
-    view = {"authorization": f"Bearer {view_token(admin_token)}"}
+    # What Prometheus is given: `swell dashboard --scrape-token`.
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(admin_token)
+    token_file.chmod(0o600)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["dashboard", "-a", admin, "--token-file", str(token_file), "--scrape-token"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == view_token(admin_token) != admin_token
+    view = {"authorization": f"Bearer {printed}"}
     assert httpx.get(f"{admin}/metrics", timeout=30).status_code == 401
     assert httpx.get(f"{admin}/metrics", headers=view, timeout=30).status_code == 200
     admin_header = {"authorization": f"Bearer {admin_token}"}
