@@ -225,6 +225,7 @@ def build_admin_app(
         if deployment is None:
             return JSONResponse({"error": f"No application named {app_name!r} is running."}, 404)
         return JSONResponse({"deployment": deployment})
+
     async def metrics(request: Request) -> Response:
         text = await backend.metrics_text()
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
