@@ -81,6 +81,19 @@ def _per_deployment(snapshots: list[Snapshot]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _without_configs(applications: dict[str, Any]) -> dict[str, Any]:
+    """The status without each deployment's config: a ``user_config`` may hold secrets, and
+    the view token is for looking, not for reading configuration."""
+    shown: dict[str, Any] = {}
+    for name, app in applications.items():
+        deployments = {
+            dep_name: {k: v for k, v in dep.items() if k != "deployment_config"}
+            for dep_name, dep in app.get("deployments", {}).items()
+        }
+        shown[name] = {**app, "deployments": deployments}
+    return shown
+
+
 async def dashboard_document(
     controller: Controller, ingress: Any, status: dict[str, Any]
 ) -> dict[str, Any]:
@@ -93,7 +106,7 @@ async def dashboard_document(
             queues[app_name] = int(sessions.get(BACKEND_QUEUE, 0))
     return {
         "time": time.time(),
-        "applications": status.get("applications", {}),
+        "applications": _without_configs(status.get("applications", {})),
         "proxies": status.get("proxies", {}),
         "deployments": _per_deployment(replicas),
         "latency_bounds_ms": list(LATENCY_BUCKETS_MS),
