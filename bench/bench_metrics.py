@@ -141,6 +141,11 @@ def main() -> None:
         assert (on.kind, off.kind) == ("metrics", "no-metrics"), (on.kind, off.kind)
         ratios: dict[str, list[float]] = {"/hello": [], "/compose": []}
         cpu: dict[str, list[float]] = {"/hello": [], "/compose": []}
+        # One unmeasured pass: both instances finish warming up (imports, first connections)
+        # before anything counts.
+        for instance in (on, off):
+            for path in ratios:
+                run_wrk(instance.url(path), args.concurrency, 2)
         for index in range(args.rounds):
             order = [("on", on), ("off", off)] if index % 2 == 0 else [("off", off), ("on", on)]
             for path in ratios:

@@ -21,19 +21,42 @@ from swell._metrics.core import (
 )
 
 # Batch sizes: powers of two up to what @batch users set in practice.
-BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (
+    1.0,
+    2.0,
+    4.0,
+    8.0,
+    16.0,
+    32.0,
+    64.0,
+    128.0,
+    256.0,
+    512.0,
+    1024.0,
+)
 
 _REPLICA = ("application", "deployment", "replica")
 _Row = list[float]
 
 
 def _add(rows: dict[Any, _Row], key: Any, value: float, bounds: tuple[float, ...]) -> None:
+    """Count ``value`` in its bucket and add it to the sum; the count (the row's last item)
+    is left for the scrape to fill in (``_completed``): one store less per request."""
     row = rows.get(key)
     if row is None:
         row = rows[key] = new_row(bounds)
     row[bisect.bisect_left(bounds, value)] += 1
     row[-2] += value
-    row[-1] += 1
+
+
+def _completed(rows: dict[Any, _Row]) -> list[tuple[Any, _Row]]:
+    """Copies of the rows with their count set: the sum of their buckets."""
+    done = []
+    for key, row in list(rows.items()):
+        copy = list(row)
+        copy[-1] = sum(copy[:-2])
+        done.append((key, copy))
+    return done
 
 
 def _sum_rows(rows: list[_Row]) -> _Row:
@@ -70,7 +93,6 @@ class ProcessMetrics:
         ms = seconds * 1000.0
         row[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
         row[-2] += ms
-        row[-1] += 1
 
     def received_done(self, method: str, ok: bool, seconds: float) -> None:
         _add(self.received, (method, ok), seconds * 1000.0, LATENCY_BUCKETS_MS)
@@ -86,22 +108,23 @@ class ProcessMetrics:
     def collect(self) -> list[Snapshot]:
         """The families Ray Serve's dashboards query, built from the rows above."""
         ctx = self.context
-        http = list(self.http.items())
-        received = list(self.received.items())
+        http = _completed(self.http)
+        received = _completed(self.received)
         out: list[Snapshot] = []
         if ctx[0] or http:
             out += self._http_families(ctx, http)
         if ctx[0]:
             out += self._deployment_families(ctx, http, received)
         out += self._call_families(ctx)
-        if self.batches:
+        batches = _completed(self.batches)
+        if batches:
             out.append(
                 family_snapshot(
                     "ray_serve_actual_batch_size",
                     "histogram",
                     "The size of each batch an @batch function ran.",
                     (*_REPLICA, "function_name"),
-                    [((*ctx, name), list(row)) for name, row in list(self.batches.items())],
+                    [((*ctx, name), row) for name, row in batches],
                     BATCH_SIZE_BUCKETS,
                 )
             )
@@ -111,7 +134,7 @@ class ProcessMetrics:
                     "counter",
                     "The number of batches an @batch function ran.",
                     (*_REPLICA, "function_name"),
-                    [((*ctx, name), row[-1]) for name, row in list(self.batches.items())],
+                    [((*ctx, name), row[-1]) for name, row in batches],
                 )
             )
         return out
@@ -215,7 +238,7 @@ class ProcessMetrics:
         ]
 
     def _call_families(self, ctx: tuple[str, str, str]) -> list[Snapshot]:
-        calls = list(self.calls.items())
+        calls = _completed(self.calls)
         if not calls:
             return []
         labels = ("caller_application", "caller_deployment", "caller_replica")
