@@ -65,6 +65,9 @@ def test_registry_refuses_a_name_reused_with_another_shape() -> None:
     assert registry.register(CounterFamily("x_total", "", ("a",))) is registry.families["x_total"]
     with pytest.raises(ValueError, match="already exists as a counter"):
         registry.register(CounterFamily("x_total", "", ("b",)))
+    registry.register(HistogramFamily("h", "", (), (1, 2)))
+    with pytest.raises(ValueError, match=r"boundaries \[1.0, 2.0\]"):
+        registry.register(HistogramFamily("h", "", (), (1, 5)))
 
 
 def test_user_metrics_are_tagged_with_the_replica_context() -> None:

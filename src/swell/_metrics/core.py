@@ -182,10 +182,20 @@ class Registry:
         if existing is None:
             self.families[family.name] = family
             return family
-        if type(existing) is not type(family) or existing.label_names != family.label_names:
+        if (
+            type(existing) is not type(family)
+            or existing.label_names != family.label_names
+            or getattr(existing, "bounds", None) != getattr(family, "bounds", None)
+        ):
             raise ValueError(
                 f"metric {family.name!r} already exists as a {existing.kind} with tag keys "
-                f"{list(existing.label_names)}; use another name or the same definition"
+                f"{list(existing.label_names)}"
+                + (
+                    f" and boundaries {list(getattr(existing, 'bounds', []))}"
+                    if isinstance(existing, HistogramFamily)
+                    else ""
+                )
+                + "; use another name or the same definition"
             )
         return existing
 
@@ -276,21 +286,26 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?(\s.*)$")
 def merge_texts(texts: dict[str, str], label: str) -> str:
     """Several exporters' text with the same families (one HAProxy per node) as one valid
     exposition: each family's HELP and TYPE once, every sample tagged ``label="<key>"``."""
-    families: dict[str, list[str]] = {}  # name -> HELP/TYPE lines, then samples
+    headers: dict[str, dict[str, str]] = {}  # family -> {"HELP": line, "TYPE": line}
+    samples: dict[str, list[str]] = {}
     for key, text in texts.items():
         tag = f'{label}="{_escape(key)}"'
         current = ""
         for line in text.splitlines():
-            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            if line.startswith(("# HELP ", "# TYPE ")):
                 current = line.split()[2]
-                header = families.setdefault(current, [])
-                if not any(h.startswith(line[:7]) for h in header if h.startswith("#")):
-                    header.insert(0 if line.startswith("# HELP") else len(header), line)
+                headers.setdefault(current, {}).setdefault(line[2:6], line)
+                samples.setdefault(current, [])
                 continue
             match = _SAMPLE.match(line)
             if match is None:
                 continue
             name, labels, rest = match.groups()
             tagged = "{" + tag + ("," + labels[1:] if labels and labels != "{}" else "}")
-            families.setdefault(current or name, []).append(f"{name}{tagged}{rest}")
-    return "".join(line + "\n" for lines in families.values() for line in lines)
+            samples.setdefault(current or name, []).append(f"{name}{tagged}{rest}")
+    out: list[str] = []
+    for family, lines in samples.items():
+        found = headers.get(family, {})
+        out += [found[kind] for kind in ("HELP", "TYPE") if kind in found]
+        out += lines
+    return "".join(line + "\n" for line in out)
