@@ -288,6 +288,8 @@ class DeploymentHandle:
                 f"multiplexed_model_id must be a string, got {type(multiplexed_model_id).__name__}"
             )
         self.multiplexed_model_id = multiplexed_model_id
+        # ``handle.method`` on every request would otherwise build a new handle each time.
+        self._by_method: dict[str, DeploymentHandle] = {}
 
     def options(
         self,
@@ -324,7 +326,10 @@ class DeploymentHandle:
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        return self.options(method_name=name)
+        handle = self._by_method.get(name)
+        if handle is None:
+            handle = self._by_method[name] = self.options(method_name=name)
+        return handle
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start the call now; returns a DeploymentResponse (or a generator with stream=True)."""

@@ -7,9 +7,7 @@ the caller meant to reach in this cluster; nothing is unpickled from it before t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import struct
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from swell._dataplane.handshake import prove_client
@@ -18,11 +16,12 @@ from swell._dataplane.wire import (
     LOAD,
     MAX_STREAM_ID,
     STREAM_WINDOW,
+    FrameReader,
     FrameWriter,
     Kind,
     Rejection,
     next_stream_id,
-    read_frame,
+    open_frame_connection,
 )
 
 CONNECT_DEADLINE_S = 5.0
@@ -235,22 +234,24 @@ class StreamIds:
 
 
 class Connection:
-    """A connection to one replica, shared by every call from this loop to it."""
+    """A connection to one replica, shared by every call from this loop to it.
+
+    Frames are handled as they arrive (``FrameReader``): no task reads the socket.
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: FrameReader,
         writer: asyncio.StreamWriter,
         on_models: Callable[[bytes], None] | None = None,
     ) -> None:
-        self._reader = reader
         self._on_models = on_models
         self._writer = writer
         self._frames = FrameWriter(writer)
         self._calls: dict[int, Call] = {}
         self._ids = StreamIds()
         self.closed = False
-        self._task = asyncio.get_running_loop().create_task(self._read(), name="swell-dataplane")
+        reader.dispatch(writer.transport, self._on_frame, self._on_lost)
 
     @classmethod
     async def open(
@@ -270,13 +271,18 @@ class Connection:
         """
         host, _, port = address.rpartition(":")
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+            reader, writer = await open_frame_connection(host, int(port), limit=1 << 20)
             try:
                 await prove_client(reader, writer, token.encode(), replica_id)
             except BaseException:
                 writer.close()
                 raise
         return cls(reader, writer, on_models)
+
+    @property
+    def sends(self) -> int:
+        """Socket writes on this connection so far (the regression tests count them per call)."""
+        return self._frames.count.sends
 
     def send(self, stream_id: int, kind: Kind, payload: bytes = b"") -> None:
         if not self.closed:
@@ -295,25 +301,23 @@ class Connection:
     async def drain(self) -> None:
         await self._writer.drain()
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                stream_id, kind, payload = await read_frame(self._reader)
-                call = self._calls.get(stream_id)
-                if call is not None:
-                    call._on_frame(kind, payload)
-                elif kind is Kind.MODELS and self._on_models is not None:
-                    self._on_models(payload)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, struct.error):
-            pass  # the replica went away, or broke the protocol: its calls are lost below
-        finally:
-            self.closed = True
-            for call in list(self._calls.values()):
-                call._on_lost()
-            self._calls.clear()
-            self._writer.close()
+    def _on_frame(self, stream_id: int, kind: Kind, payload: bytes) -> None:
+        call = self._calls.get(stream_id)
+        if call is not None:
+            call._on_frame(kind, payload)
+        elif kind is Kind.MODELS and self._on_models is not None:
+            self._on_models(payload)
+
+    def _on_lost(self) -> None:
+        """The replica went away or broke the protocol (or we closed): its calls are lost."""
+        if self.closed:
+            return
+        self.closed = True
+        calls = list(self._calls.values())
+        self._calls.clear()
+        for call in calls:
+            call._on_lost()
+        self._writer.close()
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._on_lost()
