@@ -223,7 +223,8 @@ class DeploymentResponseGenerator:
 
     async def __anext__(self) -> Any:
         if self._in_loop:
-            return await self._next()
+            stream = self._stream if self._stream is not None else await self._open()
+            return await stream.__anext__()
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 
 from swell._dataplane.handshake import prove_client
 from swell._dataplane.wire import (
@@ -114,52 +115,67 @@ class StreamCall(Call):
     def __init__(self, connection: Connection, stream_id: int) -> None:
         super().__init__(connection, stream_id)
         # Items, or the error that ends the stream (ConnectionLost, CallExpired).
-        self.items: asyncio.Queue[tuple[Kind, bytes] | Exception] = asyncio.Queue()
+        self.items: deque[tuple[Kind, bytes] | Exception] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._consumed = 0
+
+    def _push(self, entry: tuple[Kind, bytes] | Exception) -> None:
+        self.items.append(entry)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_item(self, kind: Kind, payload: bytes) -> None:
         if kind is Kind.END:
             self.finished = True
-        self.items.put_nowait((kind, payload))
+        self._push((kind, payload))
 
     def _answered(self) -> bool:
-        return not self.items.empty()
+        return bool(self.items)
 
     def _fail(self, error: Exception) -> None:
         super()._fail(error)
-        self.items.put_nowait(error)
+        self._push(error)
 
     def grant(self, count: int) -> None:
         self._connection.send(self.stream_id, Kind.CREDIT, CREDIT.pack(count))
 
-    async def stream_items(
-        self, deadlines: Deadlines, timeout_s: float
-    ) -> AsyncIterator[tuple[Kind, bytes]]:
-        """ITEM payloads, then the END payload; grants credit as items are consumed.
+    def take(self) -> tuple[Kind, bytes] | None:
+        """The next ITEM or END if one is here (None if not); raises what ended the stream.
 
-        Each wait for an item that is not there yet ends after ``timeout_s`` (CallExpired);
-        the time the consumer spends between items does not count.
+        Credit is granted as items are taken, half a window at a time.
         """
-        consumed = 0
         items = self.items
+        if not items:
+            return None
+        entry = items.popleft()
+        if isinstance(entry, Exception):
+            items.appendleft(entry)  # every later take raises it too
+            raise entry
+        if entry[0] is Kind.ITEM:
+            self._consumed += 1
+            if self._consumed >= STREAM_WINDOW // 2:
+                self.grant(self._consumed)
+                self._consumed = 0
+        return entry
+
+    async def wait(self, deadlines: Deadlines, timeout_s: float) -> tuple[Kind, bytes]:
+        """``take``, waiting for an item for up to ``timeout_s`` (then CallExpired).
+
+        Only the wait counts: the time the consumer spends between items does not.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            if items.empty():
-                deadlines.set(self, loop.time() + timeout_s)
-                try:
-                    entry = await items.get()
-                finally:
-                    deadlines.discard(self)
-            else:
-                entry = items.get_nowait()
-            if isinstance(entry, Exception):
-                raise entry
-            yield entry
-            if entry[0] is Kind.END:
-                return
-            consumed += 1
-            if consumed >= STREAM_WINDOW // 2:
-                self.grant(consumed)
-                consumed = 0
+        deadlines.set(self, loop.time() + timeout_s)
+        try:
+            while not self.items:
+                self._waiter = loop.create_future()
+                await self._waiter
+        finally:
+            self._waiter = None
+            deadlines.discard(self)
+        entry = self.take()
+        assert entry is not None
+        return entry
 
 
 class Deadlines:

@@ -468,8 +468,10 @@ class Router:
             raise self._unplaced(timeout_s) from None
         assert isinstance(call, StreamCall)
         self._deadlines.discard(call)  # from here each wait for an item has its own
+        deadlines = self._deadlines
         try:
-            async for kind, message in call.stream_items(self._deadlines, timeout_s):
+            while True:
+                kind, message = call.take() or await call.wait(deadlines, timeout_s)
                 if kind is Kind.END:
                     if message:
                         codec.decode(message, method, replica_id)  # raises the remote error

@@ -64,6 +64,13 @@ class _Credit:
         self._available += count
         self._more.set()
 
+    def try_take(self) -> bool:
+        """Take one without waiting, if there is one (the common case: no await per item)."""
+        if self._available > 0:
+            self._available -= 1
+            return True
+        return False
+
     async def take(self) -> None:
         while self._available <= 0:
             self._more.clear()
@@ -273,9 +280,14 @@ class _Connection:
                 return
             credit = self._credits[stream_id]
             try:
+                frames = self._frames
+                transport = self._writer.transport
                 async for item in dispatcher.stream(method, args, kwargs):
-                    await credit.take()
-                    await self._send(stream_id, Kind.ITEM, codec.encode_result(item))
+                    if not credit.try_take():
+                        await credit.take()
+                    frames.write(stream_id, Kind.ITEM, codec.encode_result(item))
+                    if transport.get_write_buffer_size() > _DRAIN_ABOVE_BYTES:
+                        await self._writer.drain()
                 end = b""
             except asyncio.CancelledError:
                 raise
