@@ -17,6 +17,7 @@ import concurrent.futures
 import math
 import threading
 import weakref
+from asyncio.events import _get_running_loop
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import Any
 
@@ -97,13 +98,23 @@ def _router(app_name: str, deployment: str) -> Router | _local_testing.LocalRout
 
 
 def _current_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    # asyncio's own "running loop or None", without raising and catching on every call.
+    return _get_running_loop()
 
 
 _CONTAINERS = (list, tuple, dict)
+# Argument types that cannot hold a DeploymentResponse: skipped without a closer look.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _has_responses(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether any argument is, or holds, a DeploymentResponse (most calls: none)."""
+    for value in args:
+        if type(value) not in _PLAIN and _has_response(value):
+            return True
+    if not kwargs:
+        return False
+    return any(type(v) not in _PLAIN and _has_response(v) for v in kwargs.values())
 
 
 def _has_response(value: Any) -> bool:
@@ -132,7 +143,7 @@ async def _resolve(value: Any) -> Any:
 async def _resolve_arguments(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if not any(_has_response(v) for v in (*args, *kwargs.values())):
+    if not _has_responses(args, kwargs):
         return args, kwargs
     return tuple([await _resolve(a) for a in args]), {
         k: await _resolve(v) for k, v in kwargs.items()
@@ -345,7 +356,8 @@ class DeploymentHandle:
         return DeploymentResponse(future=asyncio.run_coroutine_threadsafe(coro, _background_loop()))
 
     async def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        args, kwargs = await _resolve_arguments(args, kwargs)
+        if _has_responses(args, kwargs):
+            args, kwargs = await _resolve_arguments(args, kwargs)
         router = _router(self.app_name, self.deployment_name)
         return await router.call(
             self.method_name, args, kwargs, self.timeout_s, self.multiplexed_model_id
