@@ -1,4 +1,6 @@
-"""The ceiling for bench_hello.py: a raw ASGI app returning the hello app's exact bytes.
+"""The ceiling for the benchmarks: a raw ASGI app returning the hello app's exact bytes.
+
+``/stream`` answers the streaming apps' 32 chunks instead (``bench.apps.stream_body``).
 
 No framework, no routing, no per-request work: whatever swell adds on top of HAProxy plus
 uvicorn shows up as the gap between this app's numbers and swell's. It also answers HAProxy's
@@ -16,6 +18,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 HELLO_BODY = b'{"message":"Hello, Ada"}'
 READY_PATH = "/-/swell/ready"
+STREAM_PATH = "/stream"
+STREAM_CHUNKS = 32
 
 
 def _start(content_type: bytes, body: bytes) -> Message:
@@ -31,6 +35,11 @@ def _start(content_type: bytes, body: bytes) -> Message:
 
 _HELLO_START = _start(b"application/json", HELLO_BODY)
 _READY_START = _start(b"text/plain", b"ok")
+_STREAM_START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+}
 
 
 async def app(scope: Message, receive: Receive, send: Send) -> None:
@@ -49,6 +58,15 @@ async def app(scope: Message, receive: Receive, send: Send) -> None:
     if scope["path"] == READY_PATH:
         await send(_READY_START)
         await send({"type": "http.response.body", "body": b"ok"})
+        return
+    if scope["path"] == STREAM_PATH:
+        # The streaming ceiling: 32 chunks, each its own send, as a token stream has them.
+        await send(_STREAM_START)
+        for i in range(STREAM_CHUNKS):
+            await send(
+                {"type": "http.response.body", "body": f"tok{i} ".encode(), "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b""})
         return
     await send(_HELLO_START)
     await send({"type": "http.response.body", "body": HELLO_BODY})

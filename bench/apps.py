@@ -56,6 +56,20 @@ class Ingress:
         return {"message": await self.model.predict.remote(name)}
 
 
+@swell.deployment(num_replicas=2, max_ongoing_requests=100)
+class Tokens:
+    """Streams chunks straight to the client: the direct stream, no handle call."""
+
+    async def __call__(self, request: Request) -> StreamingResponse:
+        chunks = int(request.query_params.get("n", STREAM_CHUNKS))
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(chunks):
+                yield f"tok{i} ".encode()
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+
 @swell.deployment(num_replicas=1, max_ongoing_requests=200)
 class StreamIngress:
     """Streams the model's ``tokens`` to the client as they arrive."""
@@ -91,6 +105,11 @@ def stream_app(ingress_replicas: int = 1, model_replicas: int = 1) -> Applicatio
     model = cast(Deployment, Model).options(num_replicas=model_replicas)
     ingress = cast(Deployment, StreamIngress)
     return ingress.options(num_replicas=ingress_replicas).bind(model.bind())
+
+
+def direct_stream_app(replicas: int = 2) -> Application:
+    """Tokens streamed by the replica that got the HTTP request."""
+    return cast(Deployment, Tokens).options(num_replicas=replicas).bind()
 
 
 app = compose_app()

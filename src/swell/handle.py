@@ -18,6 +18,7 @@ import math
 import threading
 import time
 import weakref
+from asyncio.events import _get_running_loop
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import Any
 
@@ -111,13 +112,23 @@ def _router(app_name: str, deployment: str) -> Router | _local_testing.LocalRout
 
 
 def _current_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    # asyncio's own "running loop or None", without raising and catching on every call.
+    return _get_running_loop()
 
 
 _CONTAINERS = (list, tuple, dict)
+# Argument types that cannot hold a DeploymentResponse: skipped without a closer look.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _has_responses(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether any argument is, or holds, a DeploymentResponse (most calls: none)."""
+    for value in args:
+        if type(value) not in _PLAIN and _has_response(value):
+            return True
+    if not kwargs:
+        return False
+    return any(type(v) not in _PLAIN and _has_response(v) for v in kwargs.values())
 
 
 def _has_response(value: Any) -> bool:
@@ -146,7 +157,7 @@ async def _resolve(value: Any) -> Any:
 async def _resolve_arguments(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if not any(_has_response(v) for v in (*args, *kwargs.values())):
+    if not _has_responses(args, kwargs):
         return args, kwargs
     return tuple([await _resolve(a) for a in args]), {
         k: await _resolve(v) for k, v in kwargs.items()
@@ -237,7 +248,8 @@ class DeploymentResponseGenerator:
 
     async def __anext__(self) -> Any:
         if self._in_loop:
-            return await self._next()
+            stream = self._stream if self._stream is not None else await self._open()
+            return await stream.__anext__()
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
 
@@ -302,6 +314,8 @@ class DeploymentHandle:
                 f"multiplexed_model_id must be a string, got {type(multiplexed_model_id).__name__}"
             )
         self.multiplexed_model_id = multiplexed_model_id
+        # ``handle.method`` on every request would otherwise build a new handle each time.
+        self._by_method: dict[str, DeploymentHandle] = {}
 
     def options(
         self,
@@ -338,7 +352,10 @@ class DeploymentHandle:
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
-        return self.options(method_name=name)
+        handle = self._by_method.get(name)
+        if handle is None:
+            handle = self._by_method[name] = self.options(method_name=name)
+        return handle
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start the call now; returns a DeploymentResponse (or a generator with stream=True)."""
@@ -356,7 +373,8 @@ class DeploymentHandle:
         started = time.perf_counter()
         ok = False
         try:
-            args, kwargs = await _resolve_arguments(args, kwargs)
+            if _has_responses(args, kwargs):
+                args, kwargs = await _resolve_arguments(args, kwargs)
             router = _router(self.app_name, self.deployment_name)
             result = await router.call(
                 self.method_name, args, kwargs, self.timeout_s, self.multiplexed_model_id

@@ -70,6 +70,25 @@ class Streamer:
         return StreamingResponse(chunks(), media_type="text/plain")
 
 
+@swell.deployment(num_replicas=1)
+class EndlessStream:
+    """Streams until the client goes away; marks when it started and when it was stopped."""
+
+    async def __call__(self, request: Request) -> StreamingResponse:
+        marker = Path(request.query_params["marker"])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            marker.touch()
+            try:
+                while True:
+                    yield b"chunk\n"
+                    await asyncio.sleep(0.01)
+            finally:
+                Path(f"{marker}.stopped").touch()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+
 @swell.deployment(num_replicas=1, max_ongoing_requests=10)
 class SyncBlocking:
     """A sync handler that blocks until a second request releases it: only works off-loop."""
@@ -157,6 +176,7 @@ class FastAPIIngress:
 whoami_app = WhoAmI.bind("Hello", punctuation="?")
 text_app = plain_text.bind()
 stream_app = Streamer.bind()
+endless_stream_app = EndlessStream.bind()
 sync_app = SyncBlocking.bind()
 failing_app = FailsToStart.bind()
 configured_app = Configured.bind()

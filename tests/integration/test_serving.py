@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def test_streaming_response_arrives_chunk_by_chunk(serve: Swell, tmp_path: Path)
             # Only after seeing chunk i does the client allow chunk i+1 to be produced.
             Path(f"{gate}.{len(received)}").touch()
     assert received == ["chunk 0", "chunk 1", "chunk 2", "chunk 3"]
+
+
+def test_a_stream_stops_when_its_client_goes_away(serve: Swell, tmp_path: Path) -> None:
+    """The replica tells a StreamingResponse ASGI 2.4 (no listener task per response): the
+    generator is still stopped, by the disconnect watcher, once the client leaves."""
+    swell.run(apps.endless_stream_app)
+    marker = tmp_path / "stream"
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as client:
+        client.sendall(f"GET /?marker={marker} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        wait_until(marker.exists, 30, "the stream to start")
+    wait_until(Path(f"{marker}.stopped").exists, 30, "the generator to be stopped")
 
 
 def test_sync_methods_run_off_the_event_loop(serve: Swell) -> None:

@@ -103,6 +103,9 @@ def test_a_slow_consumer_is_not_timed_out() -> None:
         router = router_for({replica.replica_id: replica.address})
         items: list[Any] = []
         try:
+            # Connected first: on a starved machine, opening the connection alone can take
+            # longer than the 0.2 s this test gives each wait for an item.
+            assert await router.call("echo", ("warm",), {}, 30.0) == "warm"
             async for item in router.stream("count", (3,), {}, timeout_s=0.2):
                 items.append(item)
                 await asyncio.sleep(0.3)

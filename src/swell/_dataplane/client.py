@@ -7,10 +7,9 @@ the caller meant to reach in this cluster; nothing is unpickled from it before t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import struct
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 
 from swell._dataplane.handshake import prove_client
 from swell._dataplane.wire import (
@@ -18,11 +17,12 @@ from swell._dataplane.wire import (
     LOAD,
     MAX_STREAM_ID,
     STREAM_WINDOW,
+    FrameReader,
     FrameWriter,
     Kind,
     Rejection,
     next_stream_id,
-    read_frame,
+    open_frame_connection,
 )
 
 CONNECT_DEADLINE_S = 5.0
@@ -115,52 +115,67 @@ class StreamCall(Call):
     def __init__(self, connection: Connection, stream_id: int) -> None:
         super().__init__(connection, stream_id)
         # Items, or the error that ends the stream (ConnectionLost, CallExpired).
-        self.items: asyncio.Queue[tuple[Kind, bytes] | Exception] = asyncio.Queue()
+        self.items: deque[tuple[Kind, bytes] | Exception] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._consumed = 0
+
+    def _push(self, entry: tuple[Kind, bytes] | Exception) -> None:
+        self.items.append(entry)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_item(self, kind: Kind, payload: bytes) -> None:
         if kind is Kind.END:
             self.finished = True
-        self.items.put_nowait((kind, payload))
+        self._push((kind, payload))
 
     def _answered(self) -> bool:
-        return not self.items.empty()
+        return bool(self.items)
 
     def _fail(self, error: Exception) -> None:
         super()._fail(error)
-        self.items.put_nowait(error)
+        self._push(error)
 
     def grant(self, count: int) -> None:
         self._connection.send(self.stream_id, Kind.CREDIT, CREDIT.pack(count))
 
-    async def stream_items(
-        self, deadlines: Deadlines, timeout_s: float
-    ) -> AsyncIterator[tuple[Kind, bytes]]:
-        """ITEM payloads, then the END payload; grants credit as items are consumed.
+    def take(self) -> tuple[Kind, bytes] | None:
+        """The next ITEM or END if one is here (None if not); raises what ended the stream.
 
-        Each wait for an item that is not there yet ends after ``timeout_s`` (CallExpired);
-        the time the consumer spends between items does not count.
+        Credit is granted as items are taken, half a window at a time.
         """
-        consumed = 0
         items = self.items
+        if not items:
+            return None
+        entry = items.popleft()
+        if isinstance(entry, Exception):
+            items.appendleft(entry)  # every later take raises it too
+            raise entry
+        if entry[0] is Kind.ITEM:
+            self._consumed += 1
+            if self._consumed >= STREAM_WINDOW // 2:
+                self.grant(self._consumed)
+                self._consumed = 0
+        return entry
+
+    async def wait(self, deadlines: Deadlines, timeout_s: float) -> tuple[Kind, bytes]:
+        """``take``, waiting for an item for up to ``timeout_s`` (then CallExpired).
+
+        Only the wait counts: the time the consumer spends between items does not.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            if items.empty():
-                deadlines.set(self, loop.time() + timeout_s)
-                try:
-                    entry = await items.get()
-                finally:
-                    deadlines.discard(self)
-            else:
-                entry = items.get_nowait()
-            if isinstance(entry, Exception):
-                raise entry
-            yield entry
-            if entry[0] is Kind.END:
-                return
-            consumed += 1
-            if consumed >= STREAM_WINDOW // 2:
-                self.grant(consumed)
-                consumed = 0
+        deadlines.set(self, loop.time() + timeout_s)
+        try:
+            while not self.items:
+                self._waiter = loop.create_future()
+                await self._waiter
+        finally:
+            self._waiter = None
+            deadlines.discard(self)
+        entry = self.take()
+        assert entry is not None
+        return entry
 
 
 class Deadlines:
@@ -235,22 +250,24 @@ class StreamIds:
 
 
 class Connection:
-    """A connection to one replica, shared by every call from this loop to it."""
+    """A connection to one replica, shared by every call from this loop to it.
+
+    Frames are handled as they arrive (``FrameReader``): no task reads the socket.
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: FrameReader,
         writer: asyncio.StreamWriter,
         on_models: Callable[[bytes], None] | None = None,
     ) -> None:
-        self._reader = reader
         self._on_models = on_models
         self._writer = writer
         self._frames = FrameWriter(writer)
         self._calls: dict[int, Call] = {}
         self._ids = StreamIds()
         self.closed = False
-        self._task = asyncio.get_running_loop().create_task(self._read(), name="swell-dataplane")
+        reader.dispatch(writer.transport, self._on_frame, self._on_lost)
 
     @classmethod
     async def open(
@@ -270,13 +287,18 @@ class Connection:
         """
         host, _, port = address.rpartition(":")
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 20)
+            reader, writer = await open_frame_connection(host, int(port), limit=1 << 20)
             try:
                 await prove_client(reader, writer, token.encode(), replica_id)
             except BaseException:
                 writer.close()
                 raise
         return cls(reader, writer, on_models)
+
+    @property
+    def sends(self) -> int:
+        """Socket writes on this connection so far (the regression tests count them per call)."""
+        return self._frames.count.sends
 
     def send(self, stream_id: int, kind: Kind, payload: bytes = b"") -> None:
         if not self.closed:
@@ -295,25 +317,23 @@ class Connection:
     async def drain(self) -> None:
         await self._writer.drain()
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                stream_id, kind, payload = await read_frame(self._reader)
-                call = self._calls.get(stream_id)
-                if call is not None:
-                    call._on_frame(kind, payload)
-                elif kind is Kind.MODELS and self._on_models is not None:
-                    self._on_models(payload)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, struct.error):
-            pass  # the replica went away, or broke the protocol: its calls are lost below
-        finally:
-            self.closed = True
-            for call in list(self._calls.values()):
-                call._on_lost()
-            self._calls.clear()
-            self._writer.close()
+    def _on_frame(self, stream_id: int, kind: Kind, payload: bytes) -> None:
+        call = self._calls.get(stream_id)
+        if call is not None:
+            call._on_frame(kind, payload)
+        elif kind is Kind.MODELS and self._on_models is not None:
+            self._on_models(payload)
+
+    def _on_lost(self) -> None:
+        """The replica went away or broke the protocol (or we closed): its calls are lost."""
+        if self.closed:
+            return
+        self.closed = True
+        calls = list(self._calls.values())
+        self._calls.clear()
+        for call in calls:
+            call._on_lost()
+        self._writer.close()
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._on_lost()

@@ -240,26 +240,36 @@ class Router:
         reported = view.reported_load if now - view.reported_at < _REPORT_FRESH_S else 0
         return max(view.in_flight, reported)
 
-    def _choose(self, exclude: set[str], model_id: str = "") -> str | None:
+    def _choose(self, exclude: set[str] | None, model_id: str = "") -> str | None:
         now = time.monotonic()
-        candidates = [
-            replica_id
-            for replica_id, view in self._replicas.items()
-            if replica_id not in exclude
-            and view.unreachable_until <= now
-            and view.in_flight < self._max_ongoing
-        ]
-        if not candidates:
-            return None
-        if model_id:
-            return choose_for_model(candidates, self._replicas, model_id, self._score, now)
-        if len(candidates) == 1:
-            return candidates[0]
-        first, second = random.sample(candidates, 2)
+        max_ongoing = self._max_ongoing
+        first: str | None = None
+        candidates: list[str] | None = None
+        for replica_id, view in self._replicas.items():
+            if (
+                view.unreachable_until <= now
+                and view.in_flight < max_ongoing
+                and (exclude is None or replica_id not in exclude)
+            ):
+                if first is None:
+                    first = replica_id
+                elif candidates is None:
+                    candidates = [first, replica_id]
+                else:
+                    candidates.append(replica_id)
+        if model_id and first is not None:
+            pool = candidates if candidates is not None else [first]
+            return choose_for_model(pool, self._replicas, model_id, self._score, now)
+        if candidates is None:
+            return first  # none, or only one, has room
+        if len(candidates) > 2:
+            a, b = random.sample(candidates, 2)
+        elif random.getrandbits(1):
+            a, b = candidates
+        else:
+            b, a = candidates
         views = self._replicas
-        return (
-            first if self._score(views[first], now) <= self._score(views[second], now) else second
-        )
+        return a if self._score(views[a], now) <= self._score(views[b], now) else b
 
     async def _assign(
         self, kind: Kind, payload: bytes, deadline: float, timeout_s: float, model_id: str = ""
@@ -272,7 +282,7 @@ class Router:
         self._ensure_watching()
         if model_id:
             await self._learn_models(deadline)
-        replica_id = self._choose(set(), model_id) if self._waiting == 0 else None
+        replica_id = self._choose(None, model_id) if self._waiting == 0 else None
         if replica_id is not None:
             # Nobody is waiting and a replica has room: no queueing, no queue limit.
             try:
@@ -405,7 +415,8 @@ class Router:
         view = self._replicas.get(replica_id)
         if view is not None:
             view.in_flight -= 1
-        self._wake()
+        if self._waiting:
+            self._wake()  # only calls waiting for room care that a slot came free
 
     # Calling -----------------------------------------------------------------------------
 
@@ -462,8 +473,10 @@ class Router:
             raise self._unplaced(timeout_s) from None
         assert isinstance(call, StreamCall)
         self._deadlines.discard(call)  # from here each wait for an item has its own
+        deadlines = self._deadlines
         try:
-            async for kind, message in call.stream_items(self._deadlines, timeout_s):
+            while True:
+                kind, message = call.take() or await call.wait(deadlines, timeout_s)
                 if kind is Kind.END:
                     if message:
                         codec.decode(message, method, replica_id)  # raises the remote error

@@ -2,8 +2,11 @@
 
 A peer must finish the mutual handshake (``handshake.py``) before anything it sends is read
 past a small size cap, let alone unpickled. A call is admitted only while the replica has room
-(``max_ongoing_requests``) and is not draining: ACCEPTED goes back before any user code runs;
-REJECTED sends the caller to another replica.
+(``max_ongoing_requests``) and is not draining: ACCEPTED is queued before the call's first
+step runs and leaves with that step's output (a call that answers at once sends ACCEPTED and
+RESULT in one write); REJECTED sends the caller to another replica. A replica that dies inside
+a call's first step, before ACCEPTED leaves, looks to the caller like one that died before
+admitting it: the call may be placed again elsewhere.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from swell._dataplane.wire import (
     CREDIT,
     LOAD,
     STREAM_WINDOW,
+    FrameReader,
     FrameWriter,
     Kind,
     ProtocolError,
     Rejection,
-    read_frame,
+    SendCount,
+    start_frame_server,
 )
 from swell._metrics.process import PROCESS
 
@@ -60,6 +65,13 @@ class _Credit:
     def grant(self, count: int) -> None:
         self._available += count
         self._more.set()
+
+    def try_take(self) -> bool:
+        """Take one without waiting, if there is one (the common case: no await per item)."""
+        if self._available > 0:
+            self._available -= 1
+            return True
+        return False
 
     async def take(self) -> None:
         while self._available <= 0:
@@ -93,6 +105,8 @@ class ReplicaService:
         self._connections: set[asyncio.Task[None]] = set()
         self._open: set[_Connection] = set()
         self._models = b""  # a JSON list once publish_models() was called, else nothing
+        # Socket writes to every caller so far (the regression tests count them per call).
+        self.sent = SendCount()
 
     def load(self) -> int:
         return self.ongoing + self._other_ongoing()
@@ -128,6 +142,7 @@ class ReplicaService:
                 peer = writer.get_extra_info("peername")
                 logger.warning("refused a data-plane connection from %s: %r", peer, error)
                 return
+            assert isinstance(reader, FrameReader)
             connection = _Connection(self, reader, writer)
             if self._models:
                 connection.send_models(self._models)
@@ -155,13 +170,15 @@ class ReplicaService:
 
 
 class _Connection:
+    """One caller's calls; frames are handled as they arrive (``FrameReader``)."""
+
     def __init__(
-        self, service: ReplicaService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, service: ReplicaService, reader: FrameReader, writer: asyncio.StreamWriter
     ) -> None:
         self._service = service
         self._reader = reader
         self._writer = writer
-        self._frames = FrameWriter(writer)
+        self._frames = FrameWriter(writer, service.sent)
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._credits: dict[int, _Credit] = {}
 
@@ -169,20 +186,27 @@ class _Connection:
         self._frames.write(0, Kind.MODELS, payload)
 
     async def run(self) -> None:
+        """Until the caller goes away (or breaks the protocol); then its calls are cancelled."""
+        ended = asyncio.get_running_loop().create_future()
+
+        def lost() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        self._reader.dispatch(self._writer.transport, self._on_frame, lost)
         try:
-            while True:
-                stream_id, kind, payload = await read_frame(self._reader)
-                if kind is Kind.CALL or kind is Kind.STREAM:
-                    self._admit(stream_id, kind, payload)
-                elif kind is Kind.CANCEL:
-                    self._cancel(stream_id)
-                elif kind is Kind.CREDIT:
-                    self._grant(stream_id, payload)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass  # the caller went away (or broke the protocol): its calls are cancelled below
+            await ended
         finally:
             for stream_id in list(self._calls):
                 self._cancel(stream_id)
+
+    def _on_frame(self, stream_id: int, kind: Kind, payload: bytes) -> None:
+        if kind is Kind.CALL or kind is Kind.STREAM:
+            self._admit(stream_id, kind, payload)
+        elif kind is Kind.CANCEL:
+            self._cancel(stream_id)
+        elif kind is Kind.CREDIT:
+            self._grant(stream_id, payload)
 
     def _cancel(self, stream_id: int) -> None:
         call = self._calls.get(stream_id)
@@ -217,12 +241,16 @@ class _Connection:
             self._frames.write(stream_id, Kind.REJECTED, _BUSY)
             return
         service.ongoing += 1
-        self._frames.write(stream_id, Kind.ACCEPTED, LOAD.pack(service.load()))
         if kind is Kind.STREAM:
             self._credits[stream_id] = _Credit(STREAM_WINDOW)
+        # The task is scheduled before ACCEPTED is written, so when nothing else is queued
+        # the send runs after the call's first step: a call that answers at once sends
+        # ACCEPTED and RESULT together (one send, one wake-up for the caller), and one that
+        # waits sends ACCEPTED as it does.
         self._calls[stream_id] = asyncio.get_running_loop().create_task(
             self._run(stream_id, kind, payload)
         )
+        self._frames.write(stream_id, Kind.ACCEPTED, LOAD.pack(service.load()))
 
     async def _send(self, stream_id: int, kind: Kind, payload: bytes) -> None:
         self._frames.write(stream_id, kind, payload)
@@ -258,9 +286,14 @@ class _Connection:
                 return
             credit = self._credits[stream_id]
             try:
+                frames = self._frames
+                transport = self._writer.transport
                 async for item in dispatcher.stream(method, args, kwargs):
-                    await credit.take()
-                    await self._send(stream_id, Kind.ITEM, codec.encode_result(item))
+                    if not credit.try_take():
+                        await credit.take()
+                    frames.write(stream_id, Kind.ITEM, codec.encode_result(item))
+                    if transport.get_write_buffer_size() > _DRAIN_ABOVE_BYTES:
+                        await self._writer.drain()
                 end = b""
             except asyncio.CancelledError:
                 raise
@@ -282,7 +315,7 @@ class _Connection:
 
 async def start_server(service: ReplicaService, host: str) -> tuple[asyncio.Server, int]:
     """Bind to ``host`` (loopback on one machine) on a free port."""
-    server = await asyncio.start_server(service.serve_connection, host, 0, limit=1 << 20)
+    server = await start_frame_server(service.serve_connection, host, 0, limit=1 << 20)
     port: int = server.sockets[0].getsockname()[1]
     return server, port
 

@@ -18,22 +18,24 @@ before it has checked SERVER_PROOF.
 
 Then, client → server: CALL (a unary call), STREAM (a streaming call), CREDIT (the client
 can take that many more items), CANCEL.
-Server → client: ACCEPTED (admitted, before any user code runs; carries the replica's load),
-REJECTED (not admitted: try another replica; one byte says why, see ``Rejection``), RESULT,
-ITEM, END (a stream finished; its payload is empty or an encoded error), and MODELS on
-stream 0 (the model ids the replica holds, a JSON list: sent when the connection opens if it
-holds any, and whenever they change, so callers send a model's calls where it is loaded).
-A CALL or STREAM payload is (method, args, kwargs), or (method, args, kwargs, model id) for
-a call made with ``multiplexed_model_id``.
+Server → client: ACCEPTED (admitted; ahead of any other frame of the call; carries the
+replica's load), REJECTED (not admitted: try another replica; one byte says why, see
+``Rejection``), RESULT, ITEM, END (a stream finished; its payload is empty or an encoded
+error), and MODELS on stream 0 (the model ids the replica holds, a JSON list: sent when the
+connection opens if it holds any, and whenever they change, so callers send a model's calls
+where it is loaded). A CALL or STREAM payload is (method, args, kwargs), or (method, args,
+kwargs, model id) for a call made with ``multiplexed_model_id``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Awaitable, Callable
 from enum import IntEnum
 
 HEADER = struct.Struct("!IBI")
+_HEADER_BYTES = HEADER.size
 LOAD = struct.Struct("!I")
 CREDIT = struct.Struct("!I")
 MAX_FRAME_BYTES = 2**32 - 1
@@ -59,6 +61,10 @@ class Kind(IntEnum):
     ITEM = 13
     END = 14
     MODELS = 15
+
+
+# Frame kinds by their byte, so a received frame's kind costs a dict lookup, not an enum call.
+KINDS: dict[int, Kind] = {kind.value: kind for kind in Kind}
 
 
 class Rejection(IntEnum):
@@ -117,27 +123,44 @@ def next_stream_id(stream_id: int) -> int:
     return stream_id + 1 if stream_id < MAX_STREAM_ID else 1
 
 
+class SendCount:
+    """Socket writes made by one or more FrameWriters (the regression tests hold it per call)."""
+
+    __slots__ = ("sends",)
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+
 class FrameWriter:
     """Coalesces the frames written in one event-loop iteration into one send.
 
     Under load many calls admit, answer and start within the same iteration; one write per
-    iteration instead of one per frame saves a system call for each of them.
+    iteration instead of one per frame saves a system call for each of them. Headers and
+    payloads are queued as they are and joined once, so a payload is copied once on its way
+    to the socket. ``count`` counts the sends.
     """
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "writer")
+    __slots__ = ("_loop", "_pending", "_scheduled", "count", "writer")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, count: SendCount | None = None) -> None:
         self.writer = writer
         self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] = []
         self._scheduled = False
+        self.count = SendCount() if count is None else count
 
     def write(self, stream_id: int, kind: Kind, payload: bytes = b"") -> None:
-        if len(payload) > 65536:
+        length = len(payload)
+        if length > 65536:
             self.flush()
             write_frame(self.writer, stream_id, kind, payload)
+            self.count.sends += 1
             return
-        self._pending.append(frame(stream_id, kind, payload))
+        pending = self._pending
+        pending.append(HEADER.pack(stream_id, kind, length))
+        if length:
+            pending.append(payload)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
@@ -149,3 +172,120 @@ class FrameWriter:
             self._pending.clear()
             if not self.writer.is_closing():
                 self.writer.write(data)
+                self.count.sends += 1
+
+
+FrameSink = Callable[[int, Kind, bytes], None]
+
+
+class FrameReader(asyncio.StreamReader):
+    """A StreamReader for the handshake, then a frame parser that needs no reading task.
+
+    Until ``dispatch`` the handshake reads it as any StreamReader. From then on each frame is
+    handed to ``on_frame`` as soon as its last byte arrives, inside the transport's callback:
+    no task wakes up to read, so an answer reaches its caller one loop iteration sooner.
+    A frame that breaks the protocol, or an exception from ``on_frame``, closes the
+    connection; ``on_lost`` runs once when it ends, however it ends.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._frames = bytearray()
+        self._on_frame: FrameSink | None = None
+        self._on_lost: Callable[[], None] | None = None
+        self._transport_ref: asyncio.BaseTransport | None = None
+
+    def dispatch(
+        self, transport: asyncio.BaseTransport, on_frame: FrameSink, on_lost: Callable[[], None]
+    ) -> None:
+        """Hand every frame from here on (and any already buffered) to ``on_frame``."""
+        # What arrived right after the handshake (a caller may send calls with its proof).
+        buffered: bytearray = self.__dict__["_buffer"]
+        leftover = bytes(buffered)
+        buffered.clear()
+        self._transport_ref = transport
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        if isinstance(transport, asyncio.ReadTransport):
+            transport.resume_reading()  # in case the handshake's buffer had paused it
+        ended = self.exception() is not None or self.at_eof()
+        if leftover:
+            self.feed_data(leftover)
+        if ended:
+            self._lost()
+
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]
+        on_frame = self._on_frame
+        if on_frame is None:
+            super().feed_data(data)
+            return
+        frames = self._frames
+        frames += data
+        size = len(frames)
+        offset = 0
+        try:
+            while size - offset >= _HEADER_BYTES:
+                stream_id, kind, length = HEADER.unpack_from(frames, offset)
+                end = offset + _HEADER_BYTES + length
+                if end > size:
+                    break
+                payload = bytes(frames[offset + _HEADER_BYTES : end]) if length else b""
+                offset = end
+                known = KINDS.get(kind)
+                if known is None:
+                    raise ProtocolError(f"a frame of unknown kind {kind}")
+                on_frame(stream_id, known, payload)
+                if self._on_frame is None:
+                    return  # the connection ended while that frame was handled
+        except Exception:
+            self._lost()
+            return
+        del frames[:offset]
+
+    def feed_eof(self) -> None:
+        if self._on_frame is None:
+            super().feed_eof()
+        else:
+            self._lost()
+
+    def set_exception(self, exc: Exception) -> None:
+        if self._on_frame is None:
+            super().set_exception(exc)
+        else:
+            self._lost()
+
+    def _lost(self) -> None:
+        on_lost = self._on_lost
+        self._on_frame = None
+        self._on_lost = None
+        self._frames.clear()
+        if self._transport_ref is not None:
+            self._transport_ref.close()
+        if on_lost is not None:
+            on_lost()
+
+
+ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def open_frame_connection(
+    host: str, port: int, limit: int
+) -> tuple[FrameReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` with a FrameReader."""
+    loop = asyncio.get_running_loop()
+    reader = FrameReader(limit, loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def start_frame_server(
+    connected: ClientConnected, host: str, port: int, limit: int
+) -> asyncio.Server:
+    """``asyncio.start_server`` whose connections read through a FrameReader."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        return asyncio.StreamReaderProtocol(FrameReader(limit, loop), connected, loop=loop)
+
+    return await loop.create_server(factory, host, port)

@@ -107,6 +107,8 @@ class RequestGuard:
         return message
 
     async def send(self, message: Message) -> None:
+        if self.disconnected:
+            raise OSError("the client disconnected")  # ASGI 2.4's send after a disconnect
         kind = message["type"]
         if kind == "http.response.start":
             self.response_started = True

@@ -109,6 +109,10 @@ class ReplicaASGI:
         """Run the handler, cancelling it (and its handle calls) if the client goes away."""
         started = time.perf_counter()
         guard = RequestGuard(receive, send, self._max_body_bytes)
+        # ASGI 2.4: the guard's send raises OSError once the client is gone (and its watcher
+        # cancels the handler), so a StreamingResponse needs no disconnect listener task of its
+        # own per response (Starlette starts one, with a task group, below 2.4).
+        scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.4"}
         loop = asyncio.get_running_loop()
         # Most requests finish long before a client could leave: only those still running
         # after a moment get a watcher task, so fast requests never pay for one.
@@ -126,6 +130,8 @@ class ReplicaASGI:
             if not guard.response_started:
                 await send_plain(guard.send, 413, str(error).encode(), _TEXT)
         except Exception:
+            if guard.disconnected:
+                return  # the client went away mid-response: nothing to answer, nobody to tell
             await self._internal_error(scope, guard)
         finally:
             timer.cancel()

@@ -92,6 +92,9 @@ class UserCallable:
         self._hooks = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="swell-hooks"
         )
+        # Handle-call methods by name, with whether each is a coroutine function: looked up
+        # and inspected once, not on every call.
+        self._methods: dict[str, tuple[Callable[..., Any], bool]] = {}
 
     async def construct(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._is_class:
@@ -118,6 +121,7 @@ class UserCallable:
                 "reconfigure(self, user_config) method; add one or drop user_config."
             )
         await call_maybe_sync(self._hooks, hook, user_config)
+        self._methods.clear()  # reconfigure may have rebound a method: look it up again
 
     async def check_health(self) -> None:
         hook = getattr(self.instance, "check_health", None)
@@ -155,7 +159,15 @@ class UserCallable:
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A handle call: the method's result (a generator here needs stream=True)."""
-        result = await call_maybe_sync(self._work, self._method(method), *args, **kwargs)
+        found = self._methods.get(method)
+        if found is None:
+            fn = self._method(method)
+            found = self._methods[method] = (fn, inspect.iscoroutinefunction(fn))
+        fn, is_async = found
+        if is_async:
+            result = await fn(*args, **kwargs)
+        else:
+            result = await call_maybe_sync(self._work, fn, *args, **kwargs)
         if inspect.isasyncgen(result) or inspect.isgenerator(result):
             raise TypeError(
                 f"method {method!r} returned a generator; call it with "
