@@ -42,6 +42,7 @@ DEMAND_PREFIX = "/api/swell/demand/"
 # Another process of the admin token's holder joins the cluster (handles) through these.
 CLUSTER_PATH = "/api/swell/cluster"
 INGRESS_PREFIX = "/api/swell/ingress/"
+LOGS_PATH = "/api/swell/logs"
 ADMIN_HEALTH_PATH = "/-/healthz"
 
 # Every node's ingress answers this itself (HAProxy, no replica involved), with Ray Serve's

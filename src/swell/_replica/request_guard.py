@@ -48,6 +48,7 @@ class RequestGuard:
         "disconnected",
         "response_done",
         "response_started",
+        "status",
     )
 
     def __init__(self, receive: Receive, send: Send, limit: int | None) -> None:
@@ -66,6 +67,7 @@ class RequestGuard:
         self.disconnected = False
         self.response_started = False
         self.response_done = False
+        self.status = 0  # the response's status, once it started (for the access log)
 
     # The handler's side -------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class RequestGuard:
         kind = message["type"]
         if kind == "http.response.start":
             self.response_started = True
+            self.status = message["status"]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.response_done = True
         await self._send(message)

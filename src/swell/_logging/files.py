@@ -1,0 +1,77 @@
+"""Where log files live and how records reach them.
+
+One directory per instance: the state dir's ``logs/`` when there is one, else a private
+directory of its own under the runtime directory (kept after shutdown, for reading). In it:
+``controller.log``, ``haproxy.log`` and ``replica_<app>+<replica id>.log`` for each replica (a
+replica id is ``<deployment>-<8 hex digits>``, and names cannot hold ``+``, so a file name says
+whose it is). A deployment's ``logging_config.logs_dir`` puts its replicas' files there instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from swell._private_files import open_private_log, private_dir, runtime_dir
+
+CONTROLLER_FILE = "controller.log"
+HAPROXY_FILE = "haproxy.log"
+REPLICA_PREFIX = "replica_"
+SUFFIX = ".log"
+
+
+def replica_file_name(app_name: str, replica_id: str) -> str:
+    return f"{REPLICA_PREFIX}{app_name}+{replica_id}{SUFFIX}"
+
+
+def parse_replica_file_name(name: str) -> tuple[str, str, str] | None:
+    """(app, deployment, replica id) of a replica's file name; None for any other file."""
+    if not (name.startswith(REPLICA_PREFIX) and name.endswith(SUFFIX)):
+        return None
+    app_name, plus, replica_id = name[len(REPLICA_PREFIX) : -len(SUFFIX)].partition("+")
+    deployment, dash, _ = replica_id.rpartition("-")
+    if not plus or not dash:
+        return None
+    return app_name, deployment, replica_id
+
+
+def instance_logs_dir(state_dir: Path | None) -> Path:
+    """The logs directory of an instance starting now (created, mode 0700)."""
+    if state_dir is not None:
+        return private_dir(state_dir / "logs", "the logs directory")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return private_dir(runtime_dir() / "logs" / f"{stamp}-{os.getpid()}", "the logs directory")
+
+
+class AppendHandler(logging.Handler):
+    """Appends each formatted record to a file (0600, never through a symlink) in one write.
+
+    One ``write`` per record, with ``O_APPEND``: lines from several threads never interleave,
+    and ``swell logs --follow`` sees a line as soon as it is logged.
+    """
+
+    def __init__(self, path: Path | None = None, fd: int | None = None) -> None:
+        super().__init__()
+        if fd is None:
+            assert path is not None
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = open_private_log(path)
+        self.fd = fd
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            os.write(self.fd, data)
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        super().close()

@@ -1,0 +1,106 @@
+"""One log record as one line: TEXT (a readable prefix) or JSON (Ray Serve's field names).
+
+TEXT::
+
+    2026-12-01 13:58:31.123 INFO [default/Model Model-1a2b3c4d 9f0e...] message
+
+JSON: ``asctime``, ``levelname``, ``message``, ``filename``, ``lineno``, ``timestamp_ns``,
+``application``, ``deployment``, ``replica``, ``request_id``, ``route``, ``component_name``,
+``component_id`` (and ``exc_text`` when an exception is attached), plus any
+``additional_log_standard_attrs``. Times are UTC, so lines from every process merge by time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from swell.context import _get_serve_request_context
+
+Encoding = Literal["TEXT", "JSON"]
+
+
+@dataclass(frozen=True)
+class Component:
+    """Which process writes: a replica (with its app and deployment) or the controller."""
+
+    component_name: str  # "replica" or "controller"
+    component_id: str  # the replica id, or the controller's pid
+    application: str = ""
+    deployment: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.component_name == "replica":
+            return f"{self.application}/{self.deployment} {self.component_id}"
+        return f"{self.component_name} {self.component_id}"
+
+
+def utc_time(seconds: float) -> str:
+    """``2026-12-01 13:58:31.123`` (UTC): the time every swell log line starts with."""
+    whole = int(seconds)
+    millis = int((seconds - whole) * 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{millis:03d}"
+
+
+class SwellFormatter(logging.Formatter):
+    """Formats records for one component; the request comes from the request context."""
+
+    def __init__(
+        self, component: Component, encoding: Encoding = "TEXT", extra_attrs: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__()
+        self._component = component
+        self._json = encoding == "JSON"
+        self._extra_attrs = extra_attrs
+        self._label = component.label
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        request = _get_serve_request_context()
+        request_id = getattr(record, "request_id", None) or request.request_id
+        exc_text = ""
+        if record.exc_info:
+            exc_text = self.formatException(record.exc_info)
+        elif record.exc_text:
+            exc_text = record.exc_text
+        if self._json:
+            return self._format_json(record, message, request_id, request.route, exc_text)
+        line = f"{utc_time(record.created)} {record.levelname} [{self._label} {request_id or '-'}] "
+        line += message
+        for name in self._extra_attrs:
+            line += f" {name}={getattr(record, name, '')}"
+        if exc_text:
+            line += "\n" + exc_text
+        return line
+
+    def _format_json(
+        self, record: logging.LogRecord, message: str, request_id: str, route: str, exc_text: str
+    ) -> str:
+        component = self._component
+        document: dict[str, Any] = {
+            "asctime": utc_time(record.created),
+            "levelname": record.levelname,
+            "message": message,
+            "filename": record.filename,
+            "lineno": record.lineno,
+            "timestamp_ns": int(record.created * 1e9),
+            "component_name": component.component_name,
+            "component_id": component.component_id,
+        }
+        if component.component_name == "replica":
+            document["application"] = component.application
+            document["deployment"] = component.deployment
+            document["replica"] = component.component_id
+        if request_id:
+            document["request_id"] = request_id
+        if route:
+            document["route"] = route
+        if exc_text:
+            document["exc_text"] = exc_text
+        for name in self._extra_attrs:
+            document[name] = getattr(record, name, None)
+        return json.dumps(document, default=str)
