@@ -17,7 +17,7 @@ import pytest
 
 import swell
 from swell import api
-from swell._logging.files import HAPROXY_FILE, replica_file_name
+from swell._logging.files import CONTROLLER_FILE, HAPROXY_FILE, replica_file_name
 from tests.integration.conftest import Swell, haproxy_binaries, wait_until
 from tests.integration.logging_apps import Ingress, Model
 
@@ -80,6 +80,8 @@ def test_one_request_id_reaches_haproxy_ingress_and_model_logs(serve: Swell) -> 
     line = _wait_for_line(model_file, "model info made")
     assert f"[ids/Model {replica_id} {request_id}]" in line
     _wait_for_line(model_file, request_id, "model print made")
+    # The controller's INFO lines go to its own file.
+    _wait_for_line(_logs_dir() / CONTROLLER_FILE, f"replica {replica_id} of ids/Model is running")
 
     # A client's own id is kept end to end.
     sent = f"client-{uuid.uuid4().hex[:8]}"

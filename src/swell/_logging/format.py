@@ -87,7 +87,7 @@ class SwellFormatter(logging.Formatter):
             "message": message,
             "filename": record.filename,
             "lineno": record.lineno,
-            "timestamp_ns": int(record.created * 1e9),
+            "timestamp_ns": round(record.created * 1e6) * 1000,  # microseconds: floats hold them
             "component_name": component.component_name,
             "component_id": component.component_id,
         }

@@ -96,12 +96,23 @@ def configure_replica_logging(
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(config.log_level)
+    # swell's own control traffic (the routers' watch) goes through httpx: not worth a line.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     directory = config.logs_dir or logs_dir
     terminal = AppendHandler(fd=os.dup(2))
     terminal.setFormatter(SwellFormatter(component, "TEXT", attrs))
+    to_file: AppendHandler | None = None
     if directory is not None:
         path = Path(directory).expanduser() / replica_file_name(app_name, replica_id)
-        to_file = AppendHandler(path)
+        try:
+            to_file = AppendHandler(path)
+        except OSError:
+            if config.logs_dir:
+                raise  # the user's directory: the replica fails, saying why
+            # The instance's directory on another node (Ray) may not be creatable here: the
+            # replica still runs, logging to the terminal Ray collects.
+    if to_file is not None:
         to_file.setFormatter(SwellFormatter(component, config.encoding, attrs))
         root.addHandler(to_file)
         terminal.addFilter(_ToTerminal())
