@@ -83,6 +83,8 @@ def _serve_quietly(
         lifespan="off",
         access_log=False,
         log_level="warning",
+        # uvicorn's own logging setup would close every handler in this (the user's) process.
+        log_config=None,
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import swell
 from swell._ingress.haproxy_log import LOG_FORMAT, is_access_line
+from swell._logging import files
 from swell._logging.access import AccessLog, LoggedDispatcher
 from swell._logging.files import (
     AppendHandler,
@@ -112,6 +114,23 @@ def test_a_state_dir_keeps_its_logs_in_logs(tmp_path: Path) -> None:
     logs_dir = instance_logs_dir(tmp_path)
     assert logs_dir == tmp_path.absolute() / "logs"
     assert logs_dir.is_dir() and logs_dir.stat().st_mode & 0o077 == 0
+
+
+def test_only_the_latest_stopped_instances_logs_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "runtime_dir", lambda: tmp_path)
+    parent = tmp_path / "logs"
+    parent.mkdir()
+    gone_pid = 4194303  # above any pid this machine has handed out in a test run
+    stopped = [parent / f"20260101-0000{i:02d}-{gone_pid}" for i in range(15)]
+    running = parent / f"20250101-000000-{os.getpid()}"  # the oldest, but alive
+    for directory in [*stopped, running]:
+        directory.mkdir()
+    new = files.instance_logs_dir(None)
+    assert new.parent == parent.absolute() and new.name.endswith(f"-{os.getpid()}")
+    kept = sorted(p for p in parent.iterdir() if p != new)
+    assert kept == sorted([running, *stopped[-files.KEEP_STOPPED_INSTANCES :]])
 
 
 def write(path: Path, *lines: str) -> None:

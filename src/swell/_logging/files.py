@@ -1,7 +1,8 @@
 """Where log files live and how records reach them.
 
 One directory per instance: the state dir's ``logs/`` when there is one, else a private
-directory of its own under the runtime directory (kept after shutdown, for reading). In it:
+directory of its own under the runtime directory (kept after shutdown, for reading; the ten
+most recent stopped instances' are kept). In it:
 ``controller.log``, ``haproxy.log`` and ``replica_<app>+<replica id>.log`` for each replica (a
 replica id is ``<deployment>-<8 hex digits>``, and names cannot hold ``+``, so a file name says
 whose it is). A deployment's ``logging_config.logs_dir`` puts its replicas' files there instead.
@@ -12,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 from swell._private_files import open_private_log, private_dir, runtime_dir
+from swell._procs import pid_alive
 
 CONTROLLER_FILE = "controller.log"
 HAPROXY_FILE = "haproxy.log"
@@ -38,19 +41,40 @@ def parse_replica_file_name(name: str) -> tuple[str, str, str] | None:
     return app_name, deployment, replica_id
 
 
+# Logs directories of instances without a state dir kept for reading after they stopped.
+KEEP_STOPPED_INSTANCES = 10
+
+
 def instance_logs_dir(state_dir: Path | None) -> Path:
     """The logs directory of an instance starting now (created, mode 0700)."""
     if state_dir is not None:
         return private_dir(state_dir / "logs", "the logs directory")
+    parent = private_dir(runtime_dir() / "logs", "the logs directory")
+    _prune(parent)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return private_dir(runtime_dir() / "logs" / f"{stamp}-{os.getpid()}", "the logs directory")
+    return private_dir(parent / f"{stamp}-{os.getpid()}", "the logs directory")
+
+
+def _prune(parent: Path) -> None:
+    """Remove the oldest stopped instances' directories (``<time>-<pid>``), keeping a few."""
+    stopped = []
+    for entry in sorted(parent.iterdir()):
+        stamp, _, pid = entry.name.rpartition("-")
+        if not (stamp and pid.isdigit() and entry.is_dir() and not entry.is_symlink()):
+            continue
+        if not pid_alive(int(pid)):
+            stopped.append(entry)
+    for entry in stopped[: max(0, len(stopped) - KEEP_STOPPED_INSTANCES)]:
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 class AppendHandler(logging.Handler):
     """Appends each formatted record to a file (0600, never through a symlink) in one write.
 
     One ``write`` per record, with ``O_APPEND``: lines from several threads never interleave,
-    and ``swell logs --follow`` sees a line as soon as it is logged.
+    and ``swell logs --follow`` sees a line as soon as it is logged. Like ``FileHandler``, it
+    reopens its file after a ``close()`` (``logging.config.dictConfig``, which uvicorn calls,
+    closes every handler in the process); one made on a descriptor keeps it.
     """
 
     def __init__(self, path: Path | None = None, fd: int | None = None) -> None:
@@ -65,13 +89,16 @@ class AppendHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            if self.fd < 0 and self.path is not None:
+                self.fd = open_private_log(self.path)
             os.write(self.fd, data)
         except Exception:
             self.handleError(record)
 
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd > 2:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self.lock:  # type: ignore[union-attr]
+            if self.path is not None and self.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self.fd)
+                self.fd = -1
         super().close()
