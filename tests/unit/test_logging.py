@@ -269,3 +269,38 @@ def test_prints_become_one_record_per_line(tmp_path: Path) -> None:
     finally:
         print_logger.removeHandler(collector)
         print_logger.setLevel(previous)
+
+
+def test_access_lines_skip_the_log_record_and_share_one_write_per_loop_turn(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "replica_default+Model-1a2b3c4d.log"
+    handler = AppendHandler(path)
+    formatter = SwellFormatter(REPLICA, "JSON")
+    logger = logging.getLogger("swell.access")
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+
+    async def serve() -> list[str]:
+        _set_request_context(_RequestContext("/", "req-7", "default", "", True))
+        access = AccessLog(
+            True,
+            lambda message: handler.write_line(formatter.format_info(message, ("access.py", 0))),
+        )
+        for _ in range(3):
+            access.http("GET", "/", 200, 0.0)
+        assert access.enabled
+        before = path.read_text()
+        await asyncio.sleep(0)  # the loop's next turn writes them, together
+        return [before, path.read_text()]
+
+    try:
+        before, after = asyncio.run(serve())
+    finally:
+        logger.setLevel(previous)
+        handler.close()
+    assert before == ""
+    documents = [json.loads(line) for line in after.splitlines()]
+    assert len(documents) == 3
+    assert documents[0]["request_id"] == "req-7" and documents[0]["replica"] == "Model-1a2b3c4d"
+    assert documents[0]["message"].startswith("GET / 200 ")

@@ -9,29 +9,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 logger = logging.getLogger("swell.access")
 
 
 class AccessLog:
-    """Writes one line per HTTP request or handle call, when enabled."""
+    """Writes one line per HTTP request or handle call, when enabled.
 
-    __slots__ = ("enabled",)
+    ``write``, when given, takes the message and writes the whole line itself, without a
+    LogRecord (see ``replica.py``); else the line goes through the ``swell.access`` logger.
+    """
 
-    def __init__(self, enabled: bool) -> None:
+    __slots__ = ("_write", "enabled")
+
+    def __init__(self, enabled: bool, write: Callable[[str], None] | None = None) -> None:
         self.enabled = enabled and logger.isEnabledFor(logging.INFO)
+        self._write = write or logger.info
 
     def http(self, method: str, path: str, status: int | str, started: float) -> None:
         if self.enabled:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.info("%s %s %s %.1fms", method, path, status, elapsed_ms)
+            self._write(f"{method} {path} {status} {elapsed_ms:.1f}ms")
 
     def call(self, method: str, outcome: str, started: float) -> None:
         if self.enabled:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            logger.info("CALL %s %s %.1fms", method, outcome, elapsed_ms)
+            self._write(f"CALL {method} {outcome} {elapsed_ms:.1f}ms")
 
 
 class _Dispatcher(Protocol):

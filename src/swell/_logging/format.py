@@ -39,11 +39,19 @@ class Component:
         return f"{self.component_name} {self.component_id}"
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def utc_time(seconds: float) -> str:
     """``2026-12-01 13:58:31.123`` (UTC): the time every swell log line starts with."""
+    global _second_cache
     whole = int(seconds)
     millis = int((seconds - whole) * 1000)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{millis:03d}"
+    cached_second, text = _second_cache
+    if whole != cached_second:
+        text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+        _second_cache = (whole, text)
+    return f"{text}.{millis:03d}"
 
 
 class SwellFormatter(logging.Formatter):
@@ -55,7 +63,7 @@ class SwellFormatter(logging.Formatter):
         super().__init__()
         self._component = component
         self._json = encoding == "JSON"
-        self._extra_attrs = extra_attrs
+        self.extra_attrs = extra_attrs
         self._label = component.label
 
     def format(self, record: logging.LogRecord) -> str:
@@ -67,27 +75,56 @@ class SwellFormatter(logging.Formatter):
             exc_text = self.formatException(record.exc_info)
         elif record.exc_text:
             exc_text = record.exc_text
+        extra = {name: getattr(record, name, None) for name in self.extra_attrs}
         if self._json:
-            return self._format_json(record, message, request_id, request.route, exc_text)
+            return self._json_line(
+                record.created,
+                record.levelname,
+                message,
+                (record.filename, record.lineno),
+                request_id,
+                request.route,
+                exc_text,
+                extra,
+            )
         line = f"{utc_time(record.created)} {record.levelname} [{self._label} {request_id or '-'}] "
         line += message
-        for name in self._extra_attrs:
-            line += f" {name}={getattr(record, name, '')}"
+        for name, value in extra.items():
+            line += f" {name}={'' if value is None else value}"
         if exc_text:
             line += "\n" + exc_text
         return line
 
-    def _format_json(
-        self, record: logging.LogRecord, message: str, request_id: str, route: str, exc_text: str
+    def format_info(self, message: str, where: tuple[str, int]) -> str:
+        """An INFO line without a LogRecord (access lines: a record costs more than the
+        request it describes). Only for formatters without ``extra_attrs``."""
+        request = _get_serve_request_context()
+        if self._json:
+            created = time.time()
+            return self._json_line(
+                created, "INFO", message, where, request.request_id, request.route, "", {}
+            )
+        return f"{utc_time(time.time())} INFO [{self._label} {request.request_id or '-'}] {message}"
+
+    def _json_line(
+        self,
+        created: float,
+        levelname: str,
+        message: str,
+        where: tuple[str, int],
+        request_id: str,
+        route: str,
+        exc_text: str,
+        extra: dict[str, Any],
     ) -> str:
         component = self._component
         document: dict[str, Any] = {
-            "asctime": utc_time(record.created),
-            "levelname": record.levelname,
+            "asctime": utc_time(created),
+            "levelname": levelname,
             "message": message,
-            "filename": record.filename,
-            "lineno": record.lineno,
-            "timestamp_ns": round(record.created * 1e6) * 1000,  # microseconds: floats hold them
+            "filename": where[0],
+            "lineno": where[1],
+            "timestamp_ns": round(created * 1e6) * 1000,  # microseconds: floats hold them
             "component_name": component.component_name,
             "component_id": component.component_id,
         }
@@ -101,6 +138,5 @@ class SwellFormatter(logging.Formatter):
             document["route"] = route
         if exc_text:
             document["exc_text"] = exc_text
-        for name in self._extra_attrs:
-            document[name] = getattr(record, name, None)
+        document.update(extra)
         return json.dumps(document, default=str)

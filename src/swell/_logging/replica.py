@@ -22,6 +22,10 @@ from swell._logging.format import Component, SwellFormatter
 from swell.config import LoggingConfig
 
 PRINT_LOGGER = "swell.print"
+# The filename and lineno of access lines in JSON (they have no LogRecord).
+_ACCESS_SOURCE = ("access.py", 0)
+# Where access lines go (flushed as the replica exits).
+_access_targets: list[AppendHandler] = []
 
 
 class _ToTerminal(logging.Filter):
@@ -112,19 +116,32 @@ def configure_replica_logging(
                 raise  # the user's directory: the replica fails, saying why
             # The instance's directory on another node (Ray) may not be creatable here: the
             # replica still runs, logging to the terminal Ray collects.
+    target, formatter = terminal, SwellFormatter(component, "TEXT", attrs)
     if to_file is not None:
-        to_file.setFormatter(SwellFormatter(component, config.encoding, attrs))
+        target, formatter = to_file, SwellFormatter(component, config.encoding, attrs)
+        to_file.setFormatter(formatter)
         root.addHandler(to_file)
         terminal.addFilter(_ToTerminal())
     root.addHandler(terminal)
     sys.stdout = _LinesToLog(logging.INFO, 1)
     sys.stderr = _LinesToLog(logging.WARNING, 2)
-    return AccessLog(config.enable_access_log)
+    if attrs:  # attributes of a LogRecord: access lines need one
+        return AccessLog(config.enable_access_log)
+
+    def write_access_line(message: str) -> None:
+        # Straight to the file: a LogRecord would cost more than a small request itself.
+        target.write_line(formatter.format_info(message, _ACCESS_SOURCE))
+
+    _access_targets.append(target)
+    return AccessLog(config.enable_access_log, write_access_line)
 
 
 def flush_prints() -> None:
-    """Log what a print left without its newline (called as the replica exits)."""
+    """Log what a print left without its newline, and access lines not yet written (called
+    as the replica exits)."""
     for stream in (sys.stdout, sys.stderr):
         flush: Any = getattr(stream, "flush", None)
         if flush is not None:
             flush()
+    for target in _access_targets:
+        target.flush_pending()
