@@ -34,6 +34,8 @@ class Ingress:
 
     async def __call__(self, request: Request) -> dict[str, Any]:
         marker = request.query_params.get("marker", "")
+        if marker == "fail":
+            raise ValueError("the ingress failed on purpose")
         logger.info("ingress info %s", marker)
         logger.warning("ingress warning %s", marker)
         context = _get_serve_request_context()

@@ -83,6 +83,17 @@ def test_one_request_id_reaches_haproxy_ingress_and_model_logs(serve: Swell) -> 
     # The controller's INFO lines go to its own file.
     _wait_for_line(_logs_dir() / CONTROLLER_FILE, f"replica {replica_id} of ids/Model is running")
 
+    # A failed request: its id in the body, and on the logged traceback.
+    failed = serve.client.get("/", params={"marker": "fail"})
+    failed_id = failed.headers["x-request-id"]
+    assert failed.status_code == 500
+    assert failed.text == f"Internal Server Error (request id {failed_id})"
+    _wait_for_line(ingress_file, failed_id, f"request {failed_id} failed")
+    text = ingress_file.read_text()
+    assert (
+        "ValueError: the ingress failed on purpose" in text.split(f"request {failed_id} failed")[1]
+    )
+
     # A client's own id is kept end to end.
     sent = f"client-{uuid.uuid4().hex[:8]}"
     answer = serve.client.get("/", params={"marker": "sent"}, headers={"x-request-id": sent})

@@ -162,7 +162,8 @@ class ReplicaASGI:
         except (BackPressureError, ReplicaUnavailableError) as error:
             # Overloaded, or a replica it called died mid-call: 503, which HAProxy retries on
             # another ingress replica when the method is idempotent.
-            await send_plain(send, 503, str(error).encode(), _TEXT)
+            message = f"{error} (request id {request_id_of(scope)})"
+            await send_plain(send, 503, message.encode(), _TEXT)
             return
         if encoded is None:
             await result(scope, receive, send)
