@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-from swell._context import ReplicaContext
+from swell._context import ReplicaContext, multiplexed_model_id
 
 __all__ = ["ReplicaContext", "get_request_id"]
 
@@ -25,8 +25,12 @@ class _RequestContext:
     route: str = ""
     request_id: str = ""
     app_name: str = ""
-    multiplexed_model_id: str = ""
     is_http_request: bool = False
+
+    @property
+    def multiplexed_model_id(self) -> str:
+        """The model this request is for (``get_multiplexed_model_id()``), "" if none."""
+        return multiplexed_model_id.get()
 
     @property
     def _internal_request_id(self) -> str:
@@ -59,9 +63,10 @@ def get_request_id() -> str:
     return _serve_request_context.get().request_id
 
 
-# What a handle call carries to the callee: (request_id, route, multiplexed_model_id), or None
-# outside a request. A tuple pickles in a few bytes.
-CallMetadata = tuple[str, str, str] | None
+# What a handle call carries to the callee: (request_id, route), or None outside a request. A
+# tuple pickles in a few bytes. (The model id travels on its own: a handle's
+# multiplexed_model_id option sets it, as in Ray, not the caller's request.)
+CallMetadata = tuple[str, str] | None
 
 
 def call_metadata() -> CallMetadata:
@@ -69,11 +74,11 @@ def call_metadata() -> CallMetadata:
     context = _serve_request_context.get()
     if context is _EMPTY:
         return None
-    return (context.request_id, context.route, context.multiplexed_model_id)
+    return (context.request_id, context.route)
 
 
 def enter_call(metadata: CallMetadata, app_name: str) -> None:
     """A handle call begins in this (its own) task: take on the caller's request."""
     if metadata is not None:
-        request_id, route, model_id = metadata
-        _serve_request_context.set(_RequestContext(route, request_id, app_name, model_id))
+        request_id, route = metadata
+        _serve_request_context.set(_RequestContext(route, request_id, app_name))

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import swell
+from swell._context import multiplexed_model_id
 from swell._ingress.haproxy_log import LOG_FORMAT, is_access_line
 from swell._logging import files
 from swell._logging.access import AccessLog, LoggedDispatcher
@@ -50,7 +51,7 @@ def in_request(fn: Any, request_id: str = "req-1", route: str = "/api") -> Any:
     """Run ``fn`` in a fresh context that serves one request."""
 
     def run() -> Any:
-        _set_request_context(_RequestContext(route, request_id, "default", "", True))
+        _set_request_context(_RequestContext(route, request_id, "default", True))
         return fn()
 
     return contextvars.copy_context().run(run)
@@ -92,14 +93,15 @@ def test_json_lines_use_rays_field_names() -> None:
 def test_the_request_context_outside_inside_and_across_a_call() -> None:
     assert swell.get_request_id() == ""
     assert call_metadata() is None
-    assert in_request(call_metadata) == ("req-1", "/api", "")
+    assert in_request(call_metadata) == ("req-1", "/api")
 
-    def callee() -> tuple[str, str, str]:
-        enter_call(("req-9", "/x", "m1"), "other_app")
+    def callee() -> tuple[str, str, str, str]:
+        enter_call(("req-9", "/x"), "other_app")
+        multiplexed_model_id.set("m1")  # as the data plane sets a handle call's model id
         context = _get_serve_request_context()
-        return swell.get_request_id(), context.app_name, context.multiplexed_model_id
+        return swell.get_request_id(), context.route, context.app_name, context.multiplexed_model_id
 
-    assert contextvars.copy_context().run(callee) == ("req-9", "other_app", "m1")
+    assert contextvars.copy_context().run(callee) == ("req-9", "/x", "other_app", "m1")
     assert swell.get_request_id() == ""  # nothing leaked out of the call's context
 
 
@@ -282,7 +284,7 @@ def test_access_lines_skip_the_log_record_and_share_one_write_per_loop_turn(
     logger.setLevel(logging.INFO)
 
     async def serve() -> list[str]:
-        _set_request_context(_RequestContext("/", "req-7", "default", "", True))
+        _set_request_context(_RequestContext("/", "req-7", "default", True))
         access = AccessLog(
             True,
             lambda message: handler.write_line(formatter.format_info(message, ("access.py", 0))),

@@ -101,7 +101,7 @@ class ReplicaASGI:
             scope["root_path"] = scope.get("root_path", "") + root_path
         # This request's task is its own: the context is the request's alone.
         _set_request_context(
-            _RequestContext(root_path or "/", request_id_of(scope), self._app_name, "", True)
+            _RequestContext(root_path or "/", request_id_of(scope), self._app_name, True)
         )
         self.ongoing += 1
         try:
