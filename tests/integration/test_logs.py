@@ -36,11 +36,11 @@ def _logs_dir() -> Path:
     return Path(logs_dir)
 
 
-def _replica_file(app_name: str, deployment: str) -> Path:
+def _replica_file(app_name: str, deployment: str, directory: Path | None = None) -> Path:
     status = _status()
     replicas = status["applications"][app_name]["deployments"][deployment]["replicas"]
     assert len(replicas) == 1
-    return _logs_dir() / replica_file_name(app_name, replicas[0]["replica_id"])
+    return (directory or _logs_dir()) / replica_file_name(app_name, replicas[0]["replica_id"])
 
 
 def _lines_with(path: Path, *needles: str) -> list[str]:
@@ -104,10 +104,13 @@ def test_one_request_id_reaches_haproxy_ingress_and_model_logs(serve: Swell) -> 
     _wait_for_line(model_file, sent, "CALL request_id OK ")
 
 
-def test_json_encoding_has_rays_field_names(serve: Swell) -> None:
+def test_json_encoding_has_rays_field_names(serve: Swell, tmp_path: Path) -> None:
+    own_dir = tmp_path / "model-logs"  # the Model's own logs_dir; the Ingress gets the app's
     logging_config = {"encoding": "JSON", "additional_log_standard_attrs": ["name"]}
-    swell.run(Ingress.bind(Model.bind()), name="json", logging_config=logging_config)
-    model_file = _replica_file("json", "Model")
+    model = Model.options(logging_config={**logging_config, "logs_dir": str(own_dir)})
+    swell.run(Ingress.bind(model.bind()), name="json", logging_config=logging_config)
+    model_file = _replica_file("json", "Model", own_dir)
+    assert _replica_file("json", "Ingress").exists()
     answer = serve.client.get("/", params={"marker": "structured"})
     request_id = answer.headers["x-request-id"]
     _wait_for_line(model_file, "model info structured")
@@ -125,6 +128,11 @@ def test_json_encoding_has_rays_field_names(serve: Swell) -> None:
     assert isinstance(record["timestamp_ns"], int) and record["asctime"]
     [access] = [r for r in records if r["message"].startswith("CALL request_id OK")]
     assert access["request_id"] == request_id
+    # swell logs finds a deployment's own logs_dir too.
+    instance = api._instance
+    assert instance is not None
+    shown = instance.admin.read_logs("json", "Model", None)["records"]
+    assert any("model info structured" in line for line in shown)
 
 
 def test_log_level_filters_and_access_log_can_be_turned_off(serve: Swell) -> None:
