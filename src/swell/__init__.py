@@ -20,6 +20,7 @@ from swell.api import (
 )
 from swell.batching import batch
 from swell.config import AutoscalingConfig, DeploymentConfig, HTTPOptions
+from swell.context import get_request_id
 from swell.deployment import Application, Deployment
 from swell.exceptions import (
     BackPressureError,
@@ -69,6 +70,7 @@ __all__ = [
     "get_deployment_handle",
     "get_multiplexed_model_id",
     "get_replica_context",
+    "get_request_id",
     "ingress",
     "multiplexed",
     "run",

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any, Protocol
 
 from swell import _node_metrics
 from swell._controller.controller import Controller
 from swell._controller.deployer import ConfigDeployer
+from swell._logging.reader import find_log_files, read_records
 from swell.config import (
     ControllerOptions,
     HTTPOptions,
@@ -54,6 +56,7 @@ class InstanceAdminBackend:
         status["proxies"] = self._proxies_document()
         status["http_options"] = self._instance.http_options.model_dump(mode="json")
         status["admin_port"] = self._instance.admin_port
+        status["logs_dir"] = controller.logs_dir
         status["deployed_config"] = deployer.applied
         # Ray Serve's fields that KubeRay's client knows (it ignores the rest).
         status["deploy_mode"] = "MULTI_APP"
@@ -87,6 +90,19 @@ class InstanceAdminBackend:
     def ingress_deployment(self, app_name: str) -> str | None:
         assert self._instance.controller is not None
         return self._instance.controller.ingress_deployment(app_name)
+
+    def read_logs(
+        self,
+        app_name: str | None,
+        deployment: str | None,
+        cursor: dict[str, int] | None,
+    ) -> dict[str, Any]:
+        """New log records of the instance (of one app or deployment), merged by time."""
+        assert self._instance.controller is not None
+        directories = [Path(d) for d in self._instance.controller.log_directories()]
+        files = find_log_files(directories, app_name, deployment)
+        records, cursor = read_records(files, cursor, app_name)
+        return {"records": [text for _, text in records], "cursor": cursor}
 
     async def watch_replica_set(
         self, app_name: str, deployment: str, known_version: int, wait_s: float

@@ -32,6 +32,8 @@ from swell._controller.wake import WakeServer
 from swell._dataplane.router import ClusterContext
 from swell._engines.local import LocalEngine
 from swell._ingress.haproxy_manager import HAProxyManager, ensure_port_free
+from swell._logging.controller import ControllerLog
+from swell._logging.files import HAPROXY_FILE, instance_logs_dir
 from swell._private_files import (
     DirectoryLock,
     new_token,
@@ -81,6 +83,8 @@ def _serve_quietly(
         lifespan="off",
         access_log=False,
         log_level="warning",
+        # uvicorn's own logging setup would close every handler in this (the user's) process.
+        log_config=None,
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
@@ -140,6 +144,8 @@ class SwellInstance:
         self.controller: Controller | None = None
         self.deployer: ConfigDeployer | None = None
         self.ingress: HAProxyManager | None = None
+        # Every log file of this instance (see _logging/files.py); set as it starts.
+        self.logs_dir: Path | None = None
         # On a Ray cluster (controller_options.address): every node's HAProxy, and the link.
         self.fleet: ProxyFleet | None = None
         self._ray: RayConnection | None = None
@@ -257,6 +263,7 @@ class SwellInstance:
         wake_server: uvicorn.Server | None = None
         wake_task: asyncio.Task[None] | None = None
         work_dir: Path | None = None
+        controller_log: ControllerLog | None = None
         try:
             try:
                 if checkpoint is not None:
@@ -269,6 +276,8 @@ class SwellInstance:
                     checkpoint = Checkpoint(work_dir)
                 else:
                     work_dir = Path(tempfile.mkdtemp(prefix="swell-"))  # 0700
+                self.logs_dir = instance_logs_dir(work_dir if state_dir is not None else None)
+                controller_log = ControllerLog(self.logs_dir)
                 await self._bring_up(work_dir, checkpoint)
                 assert self._wake is not None and self.controller is not None
                 wake_server, wake_task = self._wake
@@ -293,6 +302,8 @@ class SwellInstance:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(task, 10.0)
             self._forget_token_file()
+            if controller_log is not None:
+                controller_log.close()
             if lock is not None:
                 lock.release()
 
@@ -332,6 +343,7 @@ class SwellInstance:
                 wake_address,
                 survive_controller=checkpoint is not None,
                 grpc_options=self.grpc_options,
+                log_path=self.logs_dir / HAPROXY_FILE if self.logs_dir else None,
             )
         self.controller = Controller(
             engine,
@@ -342,6 +354,7 @@ class SwellInstance:
             survive_controller=checkpoint is not None and self._ray is None,
             max_request_body_bytes=self.http_options.max_request_body_bytes,
             grpc_options=self.grpc_options,
+            logs_dir=str(self.logs_dir) if self.logs_dir else None,
         )
         self.deployer = ConfigDeployer(self.controller, work_dir, self.controller._spawn)
         if saved is not None:

@@ -43,6 +43,7 @@ DEMAND_PREFIX = "/api/swell/demand/"
 # Another process of the admin token's holder joins the cluster (handles) through these.
 CLUSTER_PATH = "/api/swell/cluster"
 INGRESS_PREFIX = "/api/swell/ingress/"
+LOGS_PATH = "/api/swell/logs"
 ADMIN_HEALTH_PATH = "/-/healthz"
 METRICS_PATH = "/metrics"  # the node's Prometheus scrape endpoint
 DASHBOARD_PATH = "/dashboard"  # the status page (static HTML; its data needs a token)

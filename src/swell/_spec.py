@@ -76,6 +76,9 @@ class ReplicaSpec:
     # grpc_options for an ingress replica: it serves these services on a gRPC port of its own.
     grpc_servicer_functions: tuple[str, ...] = ()
     grpc_request_timeout_s: float | None = None
+    # The instance's logs directory (the replica's file goes there unless its
+    # logging_config.logs_dir says otherwise); None: log to the inherited stderr only.
+    logs_dir: str | None = None
 
     def dumps(self) -> bytes:
         payload: bytes = cloudpickle.dumps(self)

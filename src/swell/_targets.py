@@ -18,6 +18,7 @@ from swell._spec import CallableRef, reference_to
 from swell.config import (
     DeploymentConfig,
     DeploymentOverride,
+    LoggingConfig,
     RunOptions,
     RuntimeEnv,
     ServeConfig,
@@ -46,6 +47,9 @@ def code_version(
     digest.update(repr(sorted(config.ray_actor_options.items())).encode())
     digest.update(str(config.max_ongoing_requests).encode())
     digest.update(env.model_dump_json().encode())
+    # A replica sets its logging up as it starts: a new logging_config needs new replicas.
+    if config.logging_config is not None:
+        digest.update(config.logging_config.model_dump_json().encode())
     try:
         source = inspect.getsourcefile(dep.func_or_class)
         if source is not None:
@@ -67,8 +71,13 @@ def deployment_targets(
     app_name: str,
     overrides: list[DeploymentOverride] | None = None,
     runtime_env: RuntimeEnv | None = None,
+    logging_config: LoggingConfig | None = None,
 ) -> list[DeploymentTarget]:
-    """What the controller needs per deployment, with a config file's overrides applied."""
+    """What the controller needs per deployment, with a config file's overrides applied.
+
+    ``logging_config`` (the application's, else the config file's) applies to deployments
+    that set none themselves, as in Ray.
+    """
     nodes = app.walk()
     names = app.unique_names()
     by_name = {o.name: o for o in overrides or []}
@@ -88,6 +97,8 @@ def deployment_targets(
             merged = config.model_dump(exclude_unset=True)
             merged.update(override.model_dump(exclude_unset=True, exclude={"name"}))
             config = validate_deployment_options(merged, f"deployment '{dep.name}' in the config")
+        if config.logging_config is None and logging_config is not None:
+            config = config.model_copy(update={"logging_config": logging_config})
         ref = reference_to(dep.func_or_class, dep)
         # Bound deployments passed as arguments arrive in the replica as handles.
         args = tuple(_as_handle(value, app_name, names) for value in node.args)
@@ -122,7 +133,11 @@ def prepare_config(config: ServeConfig) -> list[tuple[RunOptions, list[Deploymen
             app_config.import_path, app_config.args, app_config.runtime_env.working_dir
         )
         targets = deployment_targets(
-            app, app_config.name, app_config.deployments, app_config.runtime_env
+            app,
+            app_config.name,
+            app_config.deployments,
+            app_config.runtime_env,
+            app_config.logging_config or config.logging_config,
         )
         prepared.append(
             (RunOptions(name=app_config.name, route_prefix=app_config.route_prefix), targets)

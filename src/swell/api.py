@@ -238,7 +238,8 @@ def run(
     options = validate_model(RunOptions, settings, "run()")
     if _local_testing_mode:
         return DeploymentHandle(_local_testing.run_local(target, options.name), options.name)
-    _deploy_and_wait([(options, deployment_targets(target, options.name))])
+    targets = deployment_targets(target, options.name, logging_config=options.logging_config)
+    _deploy_and_wait([(options, targets)])
     if blocking:
         _serve_until_signalled()
     return DeploymentHandle(target.ingress_name, options.name)

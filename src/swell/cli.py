@@ -1,7 +1,7 @@
 """The ``swell`` command.
 
 ``run`` serves in the foreground; ``start`` runs a detached instance that ``deploy``, ``status``,
-``config`` and ``shutdown`` drive over its admin API; ``build`` writes a config file.
+``logs``, ``config`` and ``shutdown`` drive over its admin API; ``build`` writes a config file.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from swell._app_source import (
 )
 from swell._controller.admin_api import view_token
 from swell._import_path import load_application
+from swell._logging.client import print_logs
 from swell._private_files import open_private_log, private_dir, read_token, runtime_dir
 from swell._procs import pid_alive
 from swell._protocol import DASHBOARD_PATH
@@ -413,6 +414,8 @@ def _print_status(status: dict[str, Any]) -> None:
         )
         if proxy.get("last_error"):
             print(f"  last error: {proxy['last_error']}")
+    if status.get("logs_dir"):
+        print(f"logs: {status['logs_dir']} (swell logs prints them)")
     applications = status.get("applications", {})
     if not applications:
         print("no applications")
@@ -432,6 +435,11 @@ def _print_status(status: dict[str, Any]) -> None:
                 )
             if dep.get("message"):
                 print("    message: " + dep["message"].replace("\n", "\n      "))
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    token = resolve_token(args.address, args.token_file)
+    return print_logs(args.address, token, args.app, args.deployment, args.follow)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -626,6 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only the read-only token, for Prometheus to scrape /metrics with",
     )
     dashboard.set_defaults(handler=_cmd_dashboard)
+
+    logs = commands.add_parser(
+        "logs", help="print the instance's logs (HAProxy, controller, replicas) in time order"
+    )
+    _add_client_options(logs)
+    logs.add_argument("app", nargs="?", help="only this application's lines")
+    logs.add_argument("deployment", nargs="?", help="only this deployment's replicas")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
+    )
+    logs.set_defaults(handler=_cmd_logs)
 
     config = commands.add_parser("config", help="print the config in force")
     _add_client_options(config)

@@ -87,6 +87,10 @@ CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
         ),
         [BackendEntry("slow", "/slow", (server("s1", 9001, maxconn=1),))],
     ),
+    "access_log": (
+        replace(SETTINGS, access_log=True),
+        [BackendEntry("default", "/", (server("r1", 9001),))],
+    ),
     "tls_control_port": (
         replace(
             SETTINGS,

@@ -39,6 +39,7 @@ EXPECTED_ALL = [
     "get_deployment_handle",
     "get_multiplexed_model_id",
     "get_replica_context",
+    "get_request_id",
     "ingress",
     "multiplexed",
     "run",

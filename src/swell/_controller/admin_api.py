@@ -16,6 +16,8 @@
 - ``GET /metrics``: the node's Prometheus exposition (see ``_node_metrics.py``).
 - ``GET /dashboard``: the status page, a static HTML file that holds no data; it reads the
   read-only token from its URL's fragment and polls ``GET /api/swell/dashboard`` with it.
+- ``GET /api/swell/logs?app=&deployment=&cursor=``: log records merged in time order and
+  the cursor to pass next time (``swell logs``).
 - ``GET /-/healthz``: liveness, the one path open to anyone.
 
 Everything else requires the admin token (``Authorization: Bearer`` or
@@ -28,6 +30,7 @@ reach it through DNS rebinding.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -51,6 +54,7 @@ from swell._protocol import (
     DASHBOARD_PATH,
     DEMAND_PREFIX,
     INGRESS_PREFIX,
+    LOGS_PATH,
     METRICS_PATH,
     REPLICA_SETS_PREFIX,
     SHUTDOWN_PATH,
@@ -89,9 +93,14 @@ class AdminBackend(Protocol):
     def note_demand(self, app_name: str, deployment: str) -> bool: ...
 
     def ingress_deployment(self, app_name: str) -> str | None: ...
+
     async def metrics_text(self) -> str: ...
 
     async def dashboard_document(self) -> dict[str, Any]: ...
+
+    def read_logs(
+        self, app_name: str | None, deployment: str | None, cursor: dict[str, int] | None
+    ) -> dict[str, Any]: ...
 
 
 def allowed_hosts(bind_host: str, port: int) -> frozenset[str] | None:
@@ -213,6 +222,22 @@ def build_admin_app(
         known = backend.note_demand(request.path_params["app"], request.path_params["deployment"])
         return JSONResponse({"noted": known}, 200 if known else 404)
 
+    async def logs(request: Request) -> JSONResponse:
+        params = request.query_params
+        try:
+            cursor = json.loads(params["cursor"]) if "cursor" in params else None
+            if cursor is not None and not (
+                isinstance(cursor, dict)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in cursor.values())
+            ):
+                raise ValueError("not an object of byte offsets")
+        except ValueError as error:
+            return JSONResponse({"error": f"cursor: {error}; pass the one returned"}, 400)
+        document = await asyncio.get_running_loop().run_in_executor(
+            None, backend.read_logs, params.get("app"), params.get("deployment"), cursor
+        )
+        return JSONResponse(document)
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -244,6 +269,7 @@ def build_admin_app(
             Route(SHUTDOWN_PATH, shutdown, methods=["POST"]),
             Route(REPLICA_SETS_PREFIX + "{app}/{deployment}", replica_set, methods=["GET"]),
             Route(DEMAND_PREFIX + "{app}/{deployment}", demand, methods=["POST"]),
+            Route(LOGS_PATH, logs, methods=["GET"]),
             Route(ADMIN_HEALTH_PATH, healthz, methods=["GET"]),
             Route(CLUSTER_PATH, cluster, methods=["GET"]),
             Route(INGRESS_PREFIX + "{app}", ingress, methods=["GET"]),

@@ -49,6 +49,7 @@ class Controller:
         cluster_token: str | None = None,
         survive_controller: bool = False,
         max_request_body_bytes: int | None = None,
+        logs_dir: str | None = None,
         replica_client: ReplicaClient | None = None,
         grpc_options: gRPCOptions | None = None,
     ) -> None:
@@ -56,6 +57,7 @@ class Controller:
         self._survive_controller = survive_controller
         self._max_request_body_bytes = max_request_body_bytes
         self._grpc = grpc_options if grpc_options is not None and grpc_options.enabled else None
+        self.logs_dir = logs_dir
         self.checkpoint: Callable[[], None] | None = None
         self._engine = engine
         self._ingress = ingress
@@ -417,6 +419,7 @@ class Controller:
             env_vars=target.env_vars,
             working_dir=target.working_dir,
             max_request_body_bytes=self._max_request_body_bytes,
+            logs_dir=self.logs_dir,
             rank=deployment.next_rank(replica_id),
             world_size=max(deployment.state.target, 1),
             **self._grpc_settings(target.is_ingress),
@@ -513,6 +516,17 @@ class Controller:
 
     def app_statuses(self) -> dict[str, str]:
         return {app.name: app_status(app) for app in self._apps.values()}
+
+    def log_directories(self) -> list[str]:
+        """Where replicas' log files are: the instance's directory, and each deployment's own
+        ``logging_config.logs_dir``."""
+        directories = [self.logs_dir] if self.logs_dir else []
+        for app in self._apps.values():
+            for deployment in app.deployments.values():
+                logging_config = deployment.target.config.logging_config
+                if logging_config is not None and logging_config.logs_dir:
+                    directories.append(logging_config.logs_dir)
+        return list(dict.fromkeys(directories))
 
     def status(self) -> dict[str, Any]:
         """Applications, deployments and replicas, shaped like Ray Serve's REST API."""

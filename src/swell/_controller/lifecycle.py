@@ -126,6 +126,9 @@ class ReplicaLifecycle:
                 ev.REPLICA_RUNNING, app.name, deployment.target.name, ready.address, replica_id
             )
             self._spawn(self.watch_exit(app, deployment, runtime), f"swell-watch-{replica_id}")
+            logger.info(
+                "replica %s of %s/%s is running", replica_id, app.name, spec.deployment_name
+            )
         except asyncio.CancelledError:
             # Stopped while starting (the stop path cancels us): undo, and end normally.
             current = asyncio.current_task()
@@ -241,6 +244,7 @@ class ReplicaLifecycle:
             await asyncio.wait([starting])
             return
         runtime = deployment.runtimes.get(replica_id)
+        logger.info("stopping replica %s of %s/%s", replica_id, app.name, deployment.target.name)
         if deployment.target.is_ingress and app.in_haproxy:
             with contextlib.suppress(Exception):
                 await self._drain_in_haproxy(

@@ -41,6 +41,7 @@ from swell._dataplane.handshake import HandshakeError
 from swell._dataplane.multiplex_choice import choose_for_model, parse_models
 from swell._dataplane.wire import Kind
 from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
+from swell.context import call_metadata
 from swell.exceptions import BackPressureError, ReplicaUnavailableError, RequestTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -429,8 +430,11 @@ class Router:
         model_id: str = "",
     ) -> Any:
         """Place the call, wait for its answer; all within ``timeout_s`` (then it is cancelled)."""
+        metadata = call_metadata()
         payload = codec.dumps(
-            (method, args, kwargs, model_id) if model_id else (method, args, kwargs)
+            (method, args, kwargs, model_id, metadata)
+            if model_id or metadata
+            else (method, args, kwargs)
         )
         deadline = asyncio.get_running_loop().time() + timeout_s
         try:
@@ -461,8 +465,11 @@ class Router:
         model_id: str = "",
     ) -> AsyncIterator[Any]:
         """The callee's items; placing the call and each wait for an item get ``timeout_s``."""
+        metadata = call_metadata()
         payload = codec.dumps(
-            (method, args, kwargs, model_id) if model_id else (method, args, kwargs)
+            (method, args, kwargs, model_id, metadata)
+            if model_id or metadata
+            else (method, args, kwargs)
         )
         deadline = asyncio.get_running_loop().time() + timeout_s
         try:

@@ -36,6 +36,7 @@ from swell._dataplane.wire import (
     start_frame_server,
 )
 from swell._metrics.process import PROCESS
+from swell.context import enter_call
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +92,13 @@ class ReplicaService:
         other_ongoing: Callable[[], int],
         *,
         replica_id: str,
+        app_name: str = "",
         handshake_deadline_s: float = HANDSHAKE_DEADLINE_S,
     ) -> None:
         self._dispatcher = dispatcher
         self._token = token.encode()
         self._replica_id = replica_id
+        self.app_name = app_name
         self._handshake_deadline_s = handshake_deadline_s
         self._max_ongoing = max_ongoing
         self._other_ongoing = other_ongoing
@@ -263,11 +266,12 @@ class _Connection:
         try:
             try:
                 request = codec.loads(payload)
-                if len(request) == 4:  # made with multiplexed_model_id
-                    method, args, kwargs, model_id = request
-                    multiplexed_model_id.set(model_id)  # this task is the call's own
-                else:
-                    method, args, kwargs = request
+                method, args, kwargs = request[:3]
+                if len(request) > 3:  # made with multiplexed_model_id or inside a request
+                    if request[3]:
+                        multiplexed_model_id.set(request[3])  # this task is the call's own
+                    # The caller's request (its id, route): this call is part of it.
+                    enter_call(request[4] if len(request) > 4 else None, self._service.app_name)
             except Exception as error:
                 await self._refuse_arguments(stream_id, kind, error)
                 return

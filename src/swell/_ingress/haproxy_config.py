@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from swell._ingress import model_affinity
+from swell._ingress import haproxy_log, model_affinity
 from swell._protocol import (
     CONTROL_READY_PATH,
     DRAINING_BACKEND,
@@ -71,6 +71,8 @@ class IngressSettings:
     grpc_port: int | None = None
     # HAProxy's Prometheus exporter on this unix socket (None: the binary has none).
     metrics_socket_path: str | None = None
+    # An access line per request on HAProxy's output (haproxy_log.py).
+    access_log: bool = False
 
     @classmethod
     def from_options(
@@ -234,6 +236,11 @@ def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[s
         f"{settings.max_body_bytes} }}",
         # A request the replica may have acted on is sent again only if it is idempotent.
         f"    http-request disable-l7-retry unless {_IDEMPOTENT}",
+        *(
+            haproxy_log.frontend_lines(f"{{ path {INGRESS_HEALTH_PATH} }}")
+            if settings.access_log
+            else []
+        ),
         *_health_rules(backends),
         "    http-request return status 200 content-type application/json string "
         f"{_quoted(json.dumps(routes, separators=(',', ':')))} if {{ path /-/routes }}",

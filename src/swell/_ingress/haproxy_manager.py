@@ -27,6 +27,7 @@ from swell._ingress.haproxy_config import (
     render,
 )
 from swell._ingress.haproxy_exporter import exporter_available
+from swell._ingress.haproxy_log import is_access_line
 from swell._ingress.haproxy_process import (
     HAProxyProcess,
     check_config,
@@ -95,6 +96,7 @@ class HAProxyManager:
         wake_address: str | None = None,
         survive_controller: bool = False,
         grpc_options: gRPCOptions | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self._options = options
         self._runtime_dir = runtime_dir
@@ -107,15 +109,18 @@ class HAProxyManager:
             wake_address,
             grpc=grpc_options,
         )
+        if log_path is not None:
+            # HAProxy's output and its access lines go to the instance's logs directory.
+            self._settings = replace(self._settings, access_log=True)
+        self._log_path = log_path or runtime_dir / "haproxy.log"
         self._config_path = runtime_dir / "haproxy.cfg"
         self._process = HAProxyProcess(
             self.binary,
             self._config_path,
             runtime_dir / "master.sock",
-            runtime_dir / "haproxy.log",
+            self._log_path,
             survive_controller,
         )
-        self._log_path = runtime_dir / "haproxy.log"
         self._backends: dict[str, BackendEntry] = {}
         # The generation the serving worker must have loaded (None: unknown, any is accepted).
         self._generation: int | None = None
@@ -265,7 +270,9 @@ class HAProxyManager:
 
     def _log_tail(self) -> str:
         try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-20:])
+            lines = self._log_path.read_text(errors="replace").splitlines()
+            # HAProxy's own messages, not its access lines.
+            return "\n".join([line for line in lines if not is_access_line(line)][-20:])
         except OSError:
             return "(no HAProxy log)"
 

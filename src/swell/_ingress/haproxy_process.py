@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from swell._private_files import open_private_log
 from swell._procs import pid_alive, wait_for_exit
 from swell.exceptions import HAProxyError, HAProxyNotFoundError, PortInUseError
 
@@ -165,7 +166,7 @@ class HAProxyProcess:
 
     def spawn(self) -> None:
         """Start a master with the current config file; readiness is the caller's to check."""
-        with self._log_path.open("ab") as log:
+        with os.fdopen(open_private_log(self._log_path), "ab") as log:  # 0600
             self._child = subprocess.Popen(
                 [
                     *([] if self._survive_controller else _die_with_parent_prefix()),

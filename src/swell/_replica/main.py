@@ -33,7 +33,7 @@ def _emit(events_fd: int, event: dict[str, Any]) -> None:
     os.write(events_fd, (json.dumps(event) + "\n").encode())
 
 
-async def _serve(spec: Any, events_fd: int) -> int:
+async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     import uvicorn
 
     from swell import multiplex
@@ -42,6 +42,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
     from swell._dataplane.service import ReplicaService
     from swell._dataplane.service import start_server as start_dataplane
     from swell._dataplane.service import stop_server as stop_dataplane
+    from swell._logging.access import LoggedDispatcher
     from swell._metrics.process import PROCESS
     from swell._replica.fastapi_view import bind_routes_to_instance, resolve_ingress_app
     from swell._replica.server import ReplicaASGI
@@ -84,13 +85,16 @@ async def _serve(spec: Any, events_fd: int) -> int:
         ingress_app,
         spec.cluster_token,
         spec.max_request_body_bytes,
+        app_name=spec.app_name,
+        access_log=access,
     )
     service = ReplicaService(
-        user,
+        LoggedDispatcher(user, access),
         spec.cluster_token,
         spec.config.max_ongoing_requests,
         lambda: app.ongoing,
         replica_id=spec.replica_id,
+        app_name=spec.app_name,
     )
     # Callers learn which models this replica holds, to send each model's calls here.
     if multiplex.in_use():
@@ -122,6 +126,7 @@ async def _serve(spec: Any, events_fd: int) -> int:
         lifespan="on" if ingress_app is not None else "off",
         access_log=False,
         log_level="warning",
+        log_config=None,  # uvicorn's records go to the replica's log like every other
         # Longer than HAProxy keeps idle pooled connections (pool-purge-delay 5s), so
         # HAProxy always closes them first.
         timeout_keep_alive=20,
@@ -205,14 +210,38 @@ def main() -> None:
     for entry in reversed(spec.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    from swell._logging.replica import configure_replica_logging, flush_prints
+
+    try:
+        access = configure_replica_logging(
+            spec.config.logging_config,
+            spec.logs_dir,
+            spec.app_name,
+            spec.deployment_name,
+            spec.replica_id,
+        )
+    except OSError as error:
+        where = (spec.config.logging_config and spec.config.logging_config.logs_dir) or (
+            spec.logs_dir
+        )
+        _emit(
+            events_fd,
+            {
+                "event": "failed",
+                "error": f"cannot write the replica's log file in {where} ({error}); set "
+                "logging_config.logs_dir to a directory this user can write",
+            },
+        )
+        os._exit(1)
     try:
         import uvloop
 
-        code = uvloop.run(_serve(spec, events_fd))
+        code = uvloop.run(_serve(spec, events_fd, access))
     except ImportError:
-        code = asyncio.run(_serve(spec, events_fd))
+        code = asyncio.run(_serve(spec, events_fd, access))
     # The user's __del__ already ran in _serve; exiting without the interpreter's teardown
     # keeps it from running twice.
+    flush_prints()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

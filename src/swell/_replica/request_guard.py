@@ -67,7 +67,7 @@ class RequestGuard:
         self.disconnected = False
         self.response_started = False
         self.response_done = False
-        self.status = 0  # the response's status code, once it started (for the metrics)
+        self.status = 0  # the response's status, once it started (metrics, access log)
 
     # The handler's side -------------------------------------------------------------------
 

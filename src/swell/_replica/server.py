@@ -16,6 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from swell._logging.access import AccessLog
 from swell._metrics.process import PROCESS
 from swell._protocol import REQUEST_ID_HEADER, ROUTE_PREFIX_HEADER
 from swell._replica.control import ControlEndpoints, send_plain
@@ -24,6 +25,7 @@ from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
 from swell._replica.user_callable import UserCallable
 from swell._replica.websocket import serve_websocket
+from swell.context import _RequestContext, _set_request_context
 from swell.exceptions import BackPressureError, ReplicaUnavailableError
 
 _WATCH_DISCONNECT_AFTER_S = 0.05
@@ -62,8 +64,12 @@ class ReplicaASGI:
         ingress_app: Any,
         token: str,
         max_body_bytes: int | None = None,
+        app_name: str = "",
+        access_log: AccessLog | None = None,
     ) -> None:
         self._user = user
+        self._app_name = app_name
+        self._access_log = access_log
         self._default_root_path = "" if route_prefix in (None, "/") else route_prefix
         self._ingress_app = ingress_app
         self._max_body_bytes = max_body_bytes
@@ -94,6 +100,10 @@ class ReplicaASGI:
         root_path = _root_path_of(scope, self._default_root_path)
         if root_path:
             scope["root_path"] = scope.get("root_path", "") + root_path
+        # This request's task is its own: the context is the request's alone.
+        _set_request_context(
+            _RequestContext(root_path or "/", request_id_of(scope), self._app_name, True)
+        )
         self.ongoing += 1
         try:
             if kind == "http":
@@ -117,6 +127,7 @@ class ReplicaASGI:
         # Most requests finish long before a client could leave: only those still running
         # after a moment get a watcher task, so fast requests never pay for one.
         timer = loop.call_later(_WATCH_DISCONNECT_AFTER_S, guard.start_watching)
+        status: int | str = 0
         try:
             if self._ingress_app is not None:
                 await self._ingress_app(scope, guard.receive, guard.send)
@@ -125,6 +136,7 @@ class ReplicaASGI:
         except asyncio.CancelledError:
             if not guard.disconnected:
                 raise
+            status = "CANCELLED"
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except RequestBodyTooLarge as error:
             if not guard.response_started:
@@ -137,13 +149,17 @@ class ReplicaASGI:
             timer.cancel()
             guard.stop_watching()
             # No status: the client left first (499, as nginx and Ray Serve count it).
-            status = guard.status or (499 if guard.disconnected else 500)
-            PROCESS.http_done(route, scope["method"], status, time.perf_counter() - started)
+            code = guard.status or (499 if guard.disconnected else 500)
+            PROCESS.http_done(route, scope["method"], code, time.perf_counter() - started)
+            if self._access_log is not None:
+                self._access_log.http(
+                    scope["method"], scope["path"], guard.status or status, started
+                )
 
     async def _internal_error(self, scope: Scope, guard: RequestGuard) -> None:
         """Log the detail with the request id; the client gets the id, never the internals."""
         request_id = request_id_of(scope)
-        logger.exception("request %s failed", request_id)
+        logger.exception("request %s failed", request_id)  # the line carries the id too
         if not guard.response_started:
             body = f"Internal Server Error (request id {request_id})".encode()
             await send_plain(guard.send, 500, body, _TEXT)
@@ -155,7 +171,8 @@ class ReplicaASGI:
         except (BackPressureError, ReplicaUnavailableError) as error:
             # Overloaded, or a replica it called died mid-call: 503, which HAProxy retries on
             # another ingress replica when the method is idempotent.
-            await send_plain(send, 503, str(error).encode(), _TEXT)
+            message = f"{error} (request id {request_id_of(scope)})"
+            await send_plain(send, 503, message.encode(), _TEXT)
             return
         if encoded is None:
             await result(scope, receive, send)

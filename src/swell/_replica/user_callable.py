@@ -12,8 +12,6 @@ from typing import Any
 
 from starlette.requests import Request
 
-from swell._context import multiplexed_model_id
-
 
 async def call_maybe_sync(
     executor: concurrent.futures.Executor | None,
@@ -22,13 +20,13 @@ async def call_maybe_sync(
     *args: Any,
     **kwargs: Any,
 ) -> Any:
-    """Await a coroutine function; run a plain one in a thread so the loop never blocks."""
+    """Await a coroutine function; run a plain one in a thread so the loop never blocks
+    (in a copy of this task's context, so the request context reaches it)."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
-    call = functools.partial(fn, *args, **kwargs)
-    if multiplexed_model_id.get():
-        # Executor threads do not inherit the caller's context: the model id goes along.
-        call = functools.partial(contextvars.copy_context().run, call)
+    # Executor threads do not inherit the caller's context: the request context (request
+    # id, model id) goes along in a copy.
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
     result = await asyncio.get_running_loop().run_in_executor(executor, call)
     if inspect.isawaitable(result):
         return await result
@@ -189,8 +187,9 @@ class UserCallable:
         elif inspect.isgenerator(result):
             loop = asyncio.get_running_loop()
             done = object()
+            step = functools.partial(contextvars.copy_context().run, next, result, done)
             while True:
-                item = await loop.run_in_executor(self._work, next, result, done)
+                item = await loop.run_in_executor(self._work, step)
                 if item is done:
                     break
                 yield item
