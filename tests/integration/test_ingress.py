@@ -10,11 +10,14 @@ import socket
 import ssl
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from swell._ingress.haproxy_config import backend_name
+from swell._protocol import BACKEND_QUEUE
 from swell.exceptions import HAProxyError
 from tests.certs import Issued, TestCA
 from tests.integration.conftest import haproxy_binaries, wait_until
@@ -233,6 +236,52 @@ def trickle(port: int, start: bytes, unit: bytes) -> float:
             received += chunk
     assert received.startswith(b"HTTP/1.1 408"), received
     return time.monotonic() - started
+
+
+def test_requests_past_max_queued_requests_get_503_at_once(binary: str, tmp_path: Path) -> None:
+    """As Ray's proxy does: with ``max_queued_requests`` already waiting for the app's
+    replicas, the next request is answered 503 at once instead of joining the queue; the
+    limit can change without touching the servers."""
+    with running_ingress(binary, tmp_path / "rt", queue_timeout_s=30) as ingress:
+        manager = ingress.manager
+        ingress.call(manager.set_route("a", "/", max_queued_requests=1))
+        upstream = ingress.upstream("r1")
+        ingress.call(manager.add_server("a", "r1", upstream.address, 1))  # maxconn 1
+        wait_served_by(ingress, "/", "r1")
+
+        def slow() -> int:
+            return httpx.get(ingress.url + "/stream?chunks=2&gap=1", timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            busy = pool.submit(slow)
+            wait_until(
+                lambda: (
+                    ingress.call(manager.runtime.server_sessions(backend_name("a"))).get("r1", 0)
+                    >= 1
+                ),
+                15,
+                "r1 to be busy",
+            )
+            waiting = pool.submit(slow)
+            wait_until(
+                lambda: (
+                    ingress.call(manager.runtime.server_sessions(backend_name("a"))).get(
+                        BACKEND_QUEUE, 0
+                    )
+                    >= 1
+                ),
+                15,
+                "one request to wait in the backend's queue",
+            )
+            shed = httpx.get(ingress.url + "/", timeout=5)
+            assert shed.status_code == 503
+            assert "max_queued_requests" in shed.text
+            assert shed.headers["x-request-id"]
+            assert [busy.result(), waiting.result()] == [200, 200]
+        # No limit any more: the same request waits its turn.
+        ingress.call(manager.set_route("a", "/", max_queued_requests=-1))
+        assert "max_queued_requests" not in (tmp_path / "rt" / "haproxy.cfg").read_text()
+        assert httpx.get(ingress.url + "/", timeout=5).json()["server"] == "r1"
 
 
 # HAProxy restarted ------------------------------------------------------------------------

@@ -79,11 +79,15 @@ class FakeIngress:
     def __init__(self) -> None:
         self.servers: dict[str, set[str]] = {}
         self.routes: dict[str, str] = {}
+        self.queue_limits: dict[str, int] = {}
         self.fail_adds = 0
         self.hold_add: asyncio.Event | None = None
 
-    async def set_route(self, app_name: str, route_prefix: str) -> None:
+    async def set_route(
+        self, app_name: str, route_prefix: str, max_queued_requests: int = -1
+    ) -> None:
         self.routes[app_name] = route_prefix
+        self.queue_limits[app_name] = max_queued_requests
         self.servers.setdefault(app_name, set())
 
     async def remove_route(self, app_name: str) -> None:
@@ -286,5 +290,26 @@ def test_moving_a_route_keeps_the_replicas(new_prefix: str | None) -> None:
         # And back onto a route: the running replicas join HAProxy again.
         await controller.deploy_app("app", "/back", [target(num_replicas=2)])
         assert ingress.servers["app"] == before
+
+    run_scenario(scenario)
+
+
+def test_the_ingress_queue_limit_follows_the_ingress_deployment() -> None:
+    """HAProxy sheds load past the ingress deployment's max_queued_requests; an update that
+    changes it changes the route's limit, a move keeps it, and no replica restarts."""
+
+    async def scenario(
+        controller: Controller, engine: FakeEngine, ingress: FakeIngress, _: FakeReplicaClient
+    ) -> None:
+        await controller.deploy_app("app", "/", [target(max_queued_requests=4)])
+        assert ingress.queue_limits["app"] == 4
+        await until(lambda: len(ingress.servers.get("app", ())) == 1, "the replica to join")
+        await controller.deploy_app("app", "/", [target(max_queued_requests=2)])
+        assert ingress.queue_limits["app"] == 2
+        await controller.deploy_app("app", "/moved", [target(max_queued_requests=2)])
+        assert (ingress.routes["app"], ingress.queue_limits["app"]) == ("/moved", 2)
+        await controller.deploy_app("app", "/moved", [target()])
+        assert ingress.queue_limits["app"] == -1
+        assert not any(r.stopped for r in engine.runtimes)
 
     run_scenario(scenario)

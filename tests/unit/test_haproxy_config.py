@@ -99,6 +99,11 @@ CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
         ),
         [BackendEntry("api", "/api", (server("a1", 9001, check_port=9501),))],
     ),
+    # The ingress deployment's max_queued_requests: a 503 at once past it.
+    "queue_limit": (
+        SETTINGS,
+        [BackendEntry("default", "/", (server("r1", 9001),), max_queued_requests=3)],
+    ),
     # HAProxy's Prometheus exporter on a private unix socket, for the node's /metrics.
     "metrics_exporter": (
         replace(SETTINGS, metrics_socket_path="/run/swell/metrics.sock"),

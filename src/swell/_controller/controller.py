@@ -147,11 +147,14 @@ class Controller:
             deployments = {t.name: DeploymentRuntime.create(t) for t in targets}
             app = AppRuntime(name, route_prefix, deployments, time.time())
             if route_prefix is not None:
-                await self._ingress.set_route(name, route_prefix)  # raises before any change
+                # Raises before any change.
+                await self._ingress.set_route(name, route_prefix, _queue_limit(targets))
             self._apps[name] = app
         else:
             if existing.route_prefix != route_prefix:
-                await self._move_route(existing, route_prefix)
+                await self._move_route(existing, route_prefix, _queue_limit(targets))
+            elif route_prefix is not None and _queue_limit(targets) != _app_queue_limit(existing):
+                await self._ingress.set_route(name, route_prefix, _queue_limit(targets))
             self._update_app(existing, targets)
         self._deploying[name] = requested
         self._wake.set()
@@ -168,7 +171,9 @@ class Controller:
                     f"'{other.name}'; choose another prefix or delete that application first."
                 )
 
-    async def _move_route(self, app: AppRuntime, route_prefix: str | None) -> None:
+    async def _move_route(
+        self, app: AppRuntime, route_prefix: str | None, queue_limit: int
+    ) -> None:
         """A new route prefix for a running app: a hitless route change, no replica restarts
         (replicas learn the prefix from each request's header)."""
         if route_prefix is None:
@@ -176,7 +181,7 @@ class Controller:
             app.route_prefix = None
             return
         had_route = app.in_haproxy
-        await self._ingress.set_route(app.name, route_prefix)
+        await self._ingress.set_route(app.name, route_prefix, queue_limit)
         app.route_prefix = route_prefix
         ingress = app.ingress()
         if had_route or ingress is None:
@@ -534,3 +539,14 @@ class Controller:
             "controller_info": {"pid": os.getpid()},
             "applications": applications_document(self._apps.values()),
         }
+
+
+def _queue_limit(targets: list[DeploymentTarget]) -> int:
+    """The ingress deployment's max_queued_requests: HAProxy sheds load past it."""
+    ingress = next((t for t in targets if t.is_ingress), None)
+    return -1 if ingress is None else ingress.config.max_queued_requests
+
+
+def _app_queue_limit(app: AppRuntime) -> int:
+    ingress = app.ingress()
+    return -1 if ingress is None else ingress.target.config.max_queued_requests

@@ -29,7 +29,9 @@ _REPLICA_HAPROXY_DEADLINE_S = 30.0
 class IngressManager(Protocol):
     """What the controller needs from the ingress (HAProxy)."""
 
-    async def set_route(self, app_name: str, route_prefix: str) -> None: ...
+    async def set_route(
+        self, app_name: str, route_prefix: str, max_queued_requests: int = -1
+    ) -> None: ...
     async def remove_route(self, app_name: str) -> None: ...
     async def add_server(
         self,

@@ -126,6 +126,9 @@ class BackendEntry:
     app_name: str
     route_prefix: str
     servers: tuple[ServerEntry, ...] = field(default_factory=tuple)
+    # The ingress deployment's max_queued_requests: requests waiting in HAProxy's queue for
+    # this app beyond it get a 503 at once, as Ray's proxy answers (-1: no limit).
+    max_queued_requests: int = -1
 
     @property
     def name(self) -> str:
@@ -255,6 +258,20 @@ def _frontend(settings: IngressSettings, backends: list[BackendEntry]) -> list[s
     return lines
 
 
+def _queue_limit_lines(backend: BackendEntry) -> list[str]:
+    """Shed load once ``max_queued_requests`` requests already wait for this app's replicas."""
+    if backend.max_queued_requests < 0:
+        return []
+    message = (
+        f"Application '{backend.app_name}' has {backend.max_queued_requests} requests waiting "
+        "for its replicas already (max_queued_requests); try again later."
+    )
+    return [
+        f"    http-request return status 503 content-type text/plain string {_quoted(message)} "
+        f"if {{ queue({backend.name}) ge {backend.max_queued_requests} }}"
+    ]
+
+
 def _metrics_frontend(settings: IngressSettings) -> list[str]:
     """HAProxy's own numbers for the node's scrape endpoint, on a private unix socket."""
     if settings.metrics_socket_path is None:
@@ -337,6 +354,7 @@ def render(
             # The replica learns its prefix from each request; a client's value never counts.
             f"    http-request set-header {ROUTE_PREFIX_HEADER} {_quoted(backend.route_prefix)}",
             *model_affinity.backend_lines(backend.name),
+            *_queue_limit_lines(backend),
         ]
         lines += [f"    server {s.name} {server_arguments(s)}" for s in backend.servers]
         if settings.wake_address is not None:

@@ -342,13 +342,21 @@ class HAProxyManager:
 
     # Routes: the one change that needs a (hitless) reload ---------------------------------
 
-    async def set_route(self, app_name: str, route_prefix: str) -> None:
-        """Add or move an application's route."""
+    async def set_route(
+        self, app_name: str, route_prefix: str, max_queued_requests: int = -1
+    ) -> None:
+        """Add or move an application's route, or change its queue limit."""
         existing = self._backends.get(app_name)
-        if existing is not None and existing.route_prefix == route_prefix:
+        if (
+            existing is not None
+            and existing.route_prefix == route_prefix
+            and existing.max_queued_requests == max_queued_requests
+        ):
             return
         servers = existing.servers if existing else ()
-        await self._change_route(app_name, BackendEntry(app_name, route_prefix, servers))
+        await self._change_route(
+            app_name, BackendEntry(app_name, route_prefix, servers, max_queued_requests)
+        )
 
     async def remove_route(self, app_name: str) -> None:
         if app_name in self._backends:

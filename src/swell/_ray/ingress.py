@@ -277,12 +277,16 @@ class ProxyFleet:
             raise failure
         return answers
 
-    async def set_route(self, app_name: str, route_prefix: str) -> None:
+    async def set_route(
+        self, app_name: str, route_prefix: str, max_queued_requests: int = -1
+    ) -> None:
         async with self._lock:
             existing = self._backends.get(app_name)
             servers = existing.servers if existing else ()
-            self._backends[app_name] = BackendEntry(app_name, route_prefix, servers)
-            await self._fan_out("set_route", app_name, route_prefix)
+            self._backends[app_name] = BackendEntry(
+                app_name, route_prefix, servers, max_queued_requests
+            )
+            await self._fan_out("set_route", app_name, route_prefix, max_queued_requests)
 
     async def remove_route(self, app_name: str) -> None:
         async with self._lock:

@@ -67,8 +67,10 @@ class HAProxyManager:
             "actor_pid": os.getpid(),
         }
 
-    async def set_route(self, app_name: str, route_prefix: str) -> None:
-        await self._manager.set_route(app_name, route_prefix)
+    async def set_route(
+        self, app_name: str, route_prefix: str, max_queued_requests: int = -1
+    ) -> None:
+        await self._manager.set_route(app_name, route_prefix, max_queued_requests)
 
     async def remove_route(self, app_name: str) -> None:
         await self._manager.remove_route(app_name)
