@@ -78,8 +78,10 @@ class RequestGuard:
                 message = await self._receive()
             finally:
                 self._reading = False
-            if self._watch_requested:
-                self._start_watcher()
+                # Also when this receive was cancelled (an app's own disconnect listener,
+                # stopped once its work is done): else no watcher would ever start.
+                if self._watch_requested:
+                    self._start_watcher()
         else:
             message = await self._from_watcher()
         return self._count(message)
