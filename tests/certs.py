@@ -84,3 +84,30 @@ class TestCA:
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(issued.key, key, password)
         return issued
+
+
+def self_signed(directory: Path, name: str = "swell-cluster") -> Issued:
+    """A self-signed certificate for 127.0.0.1 and its key, as ``openssl req -x509`` makes one
+    (its own CA): what a cluster without a CA of its own uses for --tls-cert."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    issued = Issued(directory / f"{name}.crt", directory / f"{name}.key")
+    issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(issued.key, key, None)
+    return issued

@@ -26,7 +26,10 @@ def connect(address: str | None = None, token_file: str | None = None) -> None:
     address = (address or default_admin_address()).rstrip("/")
     token = resolve_token(address, token_file)
     document = admin_request(address, "GET", CLUSTER_PATH, token, timeout_s=_LOOKUP_TIMEOUT_S)
-    handle.set_cluster_context(ClusterContext(address, str(document["cluster_token"])))
+    tls_ca = document.get("tls_ca")
+    handle.set_cluster_context(
+        ClusterContext(address, str(document["cluster_token"]), str(tls_ca) if tls_ca else None)
+    )
 
 
 def ensure_connected() -> ClusterContext:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import uvicorn
 
 from swell._admin_backend import InstanceAdminBackend
+from swell._cluster_tls import load as load_cluster_tls
 from swell._controller.admin_api import allowed_hosts, build_admin_app
 from swell._controller.controller import Controller
 from swell._controller.deployer import ConfigDeployer, Prepared
@@ -134,6 +135,10 @@ class SwellInstance:
         self.http_options = http_options
         self.grpc_options = grpc_options or gRPCOptions()
         self.controller_options = controller_options
+        # Checked here, before anything starts: a bad file is a ConfigError naming its flag.
+        self.cluster_tls = load_cluster_tls(
+            controller_options.tls_cert, controller_options.tls_key, controller_options.tls_ca
+        )
         self._thread = threading.Thread(
             target=self._thread_main, name="swell-controller", daemon=True
         )
@@ -219,6 +224,10 @@ class SwellInstance:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(_STOP_DEADLINE_S)
         self._disconnect()
+
+    @property
+    def _replica_ca(self) -> str | None:
+        return self.cluster_tls.ca if self.cluster_tls is not None else None
 
     @property
     def on_ray(self) -> bool:
@@ -333,7 +342,10 @@ class SwellInstance:
 
             engine = RayEngine()
             ingress = self.fleet = ProxyFleet(
-                self.http_options, wake_address, self.controller_options.proxy_location
+                self.http_options,
+                wake_address,
+                self.controller_options.proxy_location,
+                replica_ca=self._replica_ca,
             )
         else:
             engine = LocalEngine()
@@ -344,6 +356,7 @@ class SwellInstance:
                 survive_controller=checkpoint is not None,
                 grpc_options=self.grpc_options,
                 log_path=self.logs_dir / HAPROXY_FILE if self.logs_dir else None,
+                replica_ca=self._replica_ca,
             )
         self.controller = Controller(
             engine,
@@ -355,6 +368,7 @@ class SwellInstance:
             max_request_body_bytes=self.http_options.max_request_body_bytes,
             grpc_options=self.grpc_options,
             logs_dir=str(self.logs_dir) if self.logs_dir else None,
+            tls=self.cluster_tls,
         )
         self.deployer = ConfigDeployer(self.controller, work_dir, self.controller._spawn)
         if saved is not None:
@@ -476,7 +490,7 @@ class SwellInstance:
         sock.bind((self._cluster_host, port))
         self._ports["wake"] = sock.getsockname()[1]
         address = f"{self._cluster_host}:{self._ports['wake']}"
-        app = WakeServer(_LateController(self), self.http_options.queue_timeout_s)
+        app = WakeServer(_LateController(self), self.http_options.queue_timeout_s, self.cluster_tls)
         server, task = _serve_quietly(app, sock, "swell-wake-server")
         return server, task, address
 
@@ -513,8 +527,12 @@ class SwellInstance:
             cluster_hosts = allowed_hosts(self._cluster_host, cluster_port)
             hosts = None if hosts is None or cluster_hosts is None else hosts | cluster_hosts
             controller.controller_url = f"http://{self._cluster_host}:{cluster_port}"
-        app = build_admin_app(self.admin, self.admin_token, controller.cluster_token, hosts)
-        set_cluster_context(ClusterContext(controller.controller_url, controller.cluster_token))
+        app = build_admin_app(
+            self.admin, self.admin_token, controller.cluster_token, hosts, self._replica_ca
+        )
+        set_cluster_context(
+            ClusterContext(controller.controller_url, controller.cluster_token, self._replica_ca)
+        )
         return _serve_quietly(app, sockets, "swell-admin-api")
 
     def _publish_token_file(self) -> None:

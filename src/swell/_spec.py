@@ -9,6 +9,7 @@ from typing import Any
 
 import cloudpickle
 
+from swell._cluster_tls import ClusterTLS
 from swell._pickling import register_reducers
 from swell.config import DeploymentConfig
 
@@ -79,6 +80,9 @@ class ReplicaSpec:
     # The instance's logs directory (the replica's file goes there unless its
     # logging_config.logs_dir says otherwise); None: log to the inherited stderr only.
     logs_dir: str | None = None
+    # --tls-cert/--tls-key/--tls-ca: the replica's listeners (data plane, HTTP, control) use
+    # TLS, and its own handle calls verify other replicas against the CA. Paths only.
+    tls: ClusterTLS | None = None
 
     def dumps(self) -> bytes:
         payload: bytes = cloudpickle.dumps(self)

@@ -138,6 +138,9 @@ def start(
     address: str | None = None,
     proxy_location: ProxyLocation | None = None,
     grpc_options: gRPCOptions | dict[str, Any] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> None:
     """Start swell in this process (HAProxy, controller, admin API) if it is not running.
 
@@ -147,6 +150,9 @@ def start(
     that cluster (created unless one runs), replicas run as actors and ``proxy_location``
     says which of its nodes get an HAProxy; it outlives this process until ``shutdown()``.
     With ``grpc_options`` listing servicer functions, HAProxy also serves gRPC on its port.
+    With ``tls_cert``/``tls_key`` (and ``tls_ca``, default the certificate itself) every hop
+    between swell's processes (HAProxy and handles to replicas, the controller to replicas)
+    uses TLS, verified against the CA; see ControllerOptions.
     """
     global _instance
     with _instance_lock:
@@ -171,6 +177,9 @@ def start(
             controller_settings["address"] = address
         if proxy_location is not None:
             controller_settings["proxy_location"] = proxy_location
+        for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_ca", tls_ca)):
+            if value is not None:
+                controller_settings[name] = value
         controller = validate_model(ControllerOptions, controller_settings, "controller options")
         grpc = _checked_grpc_options(grpc_options, controller, http)
         note_ignored_switches()

@@ -26,6 +26,7 @@ from swell._app_source import (
     use_app_dir,
     with_default_runtime_env,
 )
+from swell._cluster_tls import load as load_cluster_tls
 from swell._controller.admin_api import view_token
 from swell._import_path import load_application
 from swell._logging.client import print_logs
@@ -80,6 +81,9 @@ def _start_in_process(
         state_dir=args.state_dir,
         address=args.address,
         proxy_location=proxy_location,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )
 
 
@@ -238,6 +242,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
         ) from None
     else:
         raise SwellError(f"swell is already running at {address}; `swell shutdown` stops it.")
+    # A bad certificate file is reported here, not in the detached process's log.
+    validate_model(
+        ControllerOptions,
+        {k: getattr(args, k) for k in ("tls_cert", "tls_key", "tls_ca") if getattr(args, k)},
+        "the command line",
+    )
+    load_cluster_tls(args.tls_cert, args.tls_key, args.tls_ca)
     if args.address:
         return _start_on_ray(args, address)
     log_path = Path(args.log_file) if args.log_file else _default_log_path(args)
@@ -261,6 +272,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
         command += ["--state-dir", str(Path(args.state_dir).resolve())]
     if args.address:
         command += ["--address", args.address]
+    for flag in ("tls_cert", "tls_key", "tls_ca"):
+        if getattr(args, flag):
+            command += [f"--{flag.replace('_', '-')}", str(Path(getattr(args, flag)).resolve())]
     if getattr(args, "app_dir", None):
         command += ["--app-dir", str(Path(args.app_dir).expanduser().resolve())]
     grpc = _grpc_options_of(args)
@@ -507,6 +521,18 @@ def _add_instance_options(parser: argparse.ArgumentParser) -> None:
         help="run on this Ray cluster: 'auto' (RAY_ADDRESS, else the local `ray start` "
         "cluster) or the GCS host:port; replicas become Ray actors and every node gets an "
         "HAProxy (needs `pip install 'swell[ray]'`)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        help="a PEM certificate for swell's internal listeners (replicas' data plane, HTTP and "
+        "control ports): HAProxy, handles and the controller then reach replicas over TLS. "
+        "The same path must hold it on every node; needs --tls-key",
+    )
+    parser.add_argument("--tls-key", help="the unencrypted PEM key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca",
+        help="the PEM CA that --tls-cert is verified against (default: --tls-cert itself, "
+        "for a self-signed cluster certificate)",
     )
     parser.add_argument("--grpc-port", type=int, help="gRPC port (grpc_options.port; default 9000)")
     parser.add_argument(

@@ -388,6 +388,35 @@ class ControllerOptions(_Strict):
         "only, or nowhere (Disabled: handles only). A config file's proxy_location sets it.",
     )
 
+    tls_cert: str | None = Field(
+        default=None,
+        description="A PEM certificate every swell process presents on its internal "
+        "listeners (replicas' data plane, HTTP and control ports), so the hops between "
+        "HAProxy, the controller and replicas are encrypted. The same file must exist at this "
+        "path on every node. Needs tls_key.",
+    )
+    tls_key: str | None = Field(
+        default=None,
+        description="The unencrypted PEM private key of tls_cert (same path on every node).",
+    )
+    tls_ca: str | None = Field(
+        default=None,
+        description="The PEM CA that callers verify tls_cert against (default: tls_cert "
+        "itself, for a self-signed cluster certificate). Hostnames are not checked: "
+        "replicas are reached by IP address.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControllerOptions:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            )
+            raise ValueError(f"{given} needs {missing} too (--tls-cert and --tls-key go together)")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (--tls-cert, --tls-key)")
+        return self
+
     @model_validator(mode="after")
     def _ray_without_state_dir(self) -> ControllerOptions:
         if self.address is not None and self.state_dir is not None:

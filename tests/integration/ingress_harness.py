@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -86,13 +87,26 @@ class Upstream(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.name = name
+        self.tls = tls
         self.checks = 0
         self.requests = 0
         self._thread = threading.Thread(target=self.serve_forever, name=f"upstream-{name}")
         self._thread.start()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """With ``tls``, a TLS server; the handshake runs in the request's own thread."""
+        connection, address = super().get_request()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a refused TLS handshake is what some tests expect
 
     @property
     def address(self) -> str:
@@ -112,7 +126,11 @@ class Ingress:
     """An HAProxyManager running on a loop thread, called synchronously from the test."""
 
     def __init__(
-        self, options: HTTPOptions, runtime_dir: Path, wake_address: str | None = None
+        self,
+        options: HTTPOptions,
+        runtime_dir: Path,
+        wake_address: str | None = None,
+        replica_ca: str | None = None,
     ) -> None:
         self.options = options
         self.port = options.port
@@ -124,20 +142,22 @@ class Ingress:
             target=self._loop.run_forever, name="ingress-test-loop", daemon=True
         )
         self._thread.start()
-        self.manager: HAProxyManager = self.call(self._make(options, runtime_dir, wake_address))
+        self.manager: HAProxyManager = self.call(
+            self._make(options, runtime_dir, wake_address, replica_ca)
+        )
         self.upstreams: list[Upstream] = []
 
     @staticmethod
     async def _make(
-        options: HTTPOptions, runtime_dir: Path, wake_address: str | None
+        options: HTTPOptions, runtime_dir: Path, wake_address: str | None, replica_ca: str | None
     ) -> HAProxyManager:
-        return HAProxyManager(options, runtime_dir, wake_address)
+        return HAProxyManager(options, runtime_dir, wake_address, replica_ca=replica_ca)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def upstream(self, name: str) -> Upstream:
-        upstream = Upstream(name)
+    def upstream(self, name: str, tls: ssl.SSLContext | None = None) -> Upstream:
+        upstream = Upstream(name, tls)
         self.upstreams.append(upstream)
         return upstream
 
@@ -158,12 +178,18 @@ class Ingress:
 
 @contextmanager
 def running_ingress(
-    binary: str, runtime_dir: Path, wake_address: str | None = None, **options: Any
+    binary: str,
+    runtime_dir: Path,
+    wake_address: str | None = None,
+    replica_ca: str | None = None,
+    **options: Any,
 ) -> Iterator[Ingress]:
-    """Start an ingress on a free port; stop it (and its stand-ins) whatever happens."""
+    """Start an ingress on a free port; stop it (and its stand-ins) whatever happens.
+
+    ``replica_ca``: the stand-in replicas speak TLS (as with --tls-cert); verify against it."""
     settings = HTTPOptions(port=free_port(), haproxy_binary=binary, **options)
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    ingress = Ingress(settings, runtime_dir, wake_address)
+    ingress = Ingress(settings, runtime_dir, wake_address, replica_ca)
     try:
         ingress.call(ingress.manager.start())
         yield ingress

@@ -104,6 +104,21 @@ CASES: dict[str, tuple[IngressSettings, list[BackendEntry]]] = {
         SETTINGS,
         [BackendEntry("default", "/", (server("r1", 9001),), max_queued_requests=3)],
     ),
+    # --tls-cert: replicas speak TLS, verified against the cluster CA (loaded at start); a
+    # gRPC server's h2 traffic stays plain while its health check uses TLS.
+    "replica_tls": (
+        replace(SETTINGS, replica_ca="/etc/swell/ca.pem"),
+        [
+            BackendEntry(
+                "api",
+                "/api",
+                (
+                    replace(server("a1", 9001, check_port=9501), tls_ca="/etc/swell/ca.pem"),
+                    replace(server("a2", 9002), tls_ca="/etc/swell/ca.pem"),
+                ),
+            )
+        ],
+    ),
     # HAProxy's Prometheus exporter on a private unix socket, for the node's /metrics.
     "metrics_exporter": (
         replace(SETTINGS, metrics_socket_path="/run/swell/metrics.sock"),
@@ -320,6 +335,26 @@ def test_check_port_goes_with_the_check() -> None:
     assert " check inter 1000 fall 2 rise 1 port 9501 " in a1
 
 
+def test_replica_tls_words() -> None:
+    ca = "/etc/swell/ca.pem"
+    tls = replace(server("a", 1, check_port=2), tls_ca=ca)
+    assert server_arguments(tls) == (
+        "127.0.0.1:1 maxconn 5 check inter 1000 fall 2 rise 1 port 2 ssl check-ssl "
+        f"verify required ca-file {ca} pool-max-conn -1 pool-purge-delay 5s"
+    )
+    # gRPC: h2 in the clear to the gRPC port, the health check to the control port over TLS.
+    grpc = replace(tls, proto="h2")
+    assert " ssl " not in server_arguments(grpc)
+    assert f"check-ssl verify required ca-file {ca}" in server_arguments(grpc)
+    # HAProxy loads the CA at start, so servers added at runtime may name it.
+    config = rendered("replica_tls")
+    assert (
+        f"server swell_replica_ca 127.0.0.1:9 disabled ssl verify required ca-file {ca}"
+        in backend_lines(config, "swell_replica_ca")
+    )
+    assert "swell_replica_ca" not in rendered("one_app")
+
+
 def test_tls_bind() -> None:
     front = frontend_lines(rendered("tls_control_port"))
     assert (
@@ -431,6 +466,13 @@ def test_haproxy_accepts_config(case: str, binary: str, tmp_path: Path) -> None:
     if settings.tls is not None:
         bundle, ca = self_signed(tmp_path)
         settings = replace(settings, tls=TLSSettings(str(bundle), str(ca)))
+    if settings.replica_ca is not None:
+        _, ca = self_signed(tmp_path)
+        settings = replace(settings, replica_ca=str(ca))
+        backends = [
+            replace(b, servers=tuple(replace(s, tls_ca=str(ca)) for s in b.servers))
+            for b in backends
+        ]
     config = render(settings, backends)
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)

@@ -176,7 +176,11 @@ def build_admin_app(
     token: str,
     cluster_token: str,
     hosts: Collection[str] | None = None,
+    tls_ca: str | None = None,
 ) -> ASGIApp:
+    """``tls_ca``: replicas' data plane uses TLS; a process joining the cluster learns the CA
+    (a path on this machine) with the cluster token."""
+
     async def applications(request: Request) -> Response:
         if request.method == "GET":
             api_type = request.query_params.get("api_type")
@@ -242,7 +246,7 @@ def build_admin_app(
         return JSONResponse({"status": "ok"})
 
     async def cluster(request: Request) -> JSONResponse:
-        return JSONResponse({"cluster_token": cluster_token})
+        return JSONResponse({"cluster_token": cluster_token, "tls_ca": tls_ca})
 
     async def ingress(request: Request) -> JSONResponse:
         app_name = request.path_params["app"]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from swell._cluster_tls import ClusterTLS
 from swell._controller import events as ev
 from swell._controller import snapshot as snapshots
 from swell._controller.autoscaling import autoscale, metrics_due
@@ -52,6 +53,7 @@ class Controller:
         logs_dir: str | None = None,
         replica_client: ReplicaClient | None = None,
         grpc_options: gRPCOptions | None = None,
+        tls: ClusterTLS | None = None,
     ) -> None:
         self.controller_url = ""  # where replicas' routers watch replica sets; set at start
         self._survive_controller = survive_controller
@@ -69,7 +71,8 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.cluster_token = cluster_token or secrets.token_hex(16)
-        self._replicas = replica_client or ReplicaClient(self.cluster_token)
+        self.tls = tls
+        self._replicas = replica_client or ReplicaClient(self.cluster_token, tls)
         self._lifecycle = ReplicaLifecycle(
             engine, ingress, self._replicas, clock, self._wake.set, self._spawn
         )
@@ -425,6 +428,7 @@ class Controller:
             working_dir=target.working_dir,
             max_request_body_bytes=self._max_request_body_bytes,
             logs_dir=self.logs_dir,
+            tls=self.tls,
             rank=deployment.next_rank(replica_id),
             world_size=max(deployment.state.target, 1),
             **self._grpc_settings(target.is_ingress),

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from swell._cluster_tls import ClusterTLS
 from swell._protocol import (
     CLUSTER_TOKEN_HEADER,
     CONTROL_HEALTH_PATH,
@@ -25,8 +26,13 @@ _LOAD_TIMEOUT_S = 2.0
 class ReplicaClient:
     """One pooled HTTP client for every replica's control port."""
 
-    def __init__(self, cluster_token: str) -> None:
-        self._http = httpx.AsyncClient(headers={CLUSTER_TOKEN_HEADER: cluster_token})
+    def __init__(self, cluster_token: str, tls: ClusterTLS | None = None) -> None:
+        """``tls``: replicas' control ports speak TLS; verify them against the cluster CA."""
+        self._http = httpx.AsyncClient(
+            headers={CLUSTER_TOKEN_HEADER: cluster_token},
+            verify=tls.client_context() if tls else True,
+        )
+        self._scheme = "https" if tls else "http"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -35,7 +41,7 @@ class ReplicaClient:
         """Run the replica's check_health(); (ok, detail)."""
         try:
             response = await self._http.get(
-                f"http://{control_address}{CONTROL_HEALTH_PATH}", timeout=timeout_s
+                f"{self._scheme}://{control_address}{CONTROL_HEALTH_PATH}", timeout=timeout_s
             )
         except httpx.HTTPError as error:
             return False, f"{type(error).__name__}: {error}"
@@ -47,7 +53,7 @@ class ReplicaClient:
         """Hand the replica a new user_config; (ok, detail)."""
         try:
             response = await self._http.post(
-                f"http://{control_address}{CONTROL_RECONFIGURE_PATH}",
+                f"{self._scheme}://{control_address}{CONTROL_RECONFIGURE_PATH}",
                 content=pickle.dumps(user_config),
                 timeout=timeout_s,
             )
@@ -59,7 +65,7 @@ class ReplicaClient:
         """The replica's metric families (JSON snapshots); None if it did not answer."""
         try:
             response = await self._http.get(
-                f"http://{control_address}{CONTROL_METRICS_PATH}", timeout=timeout_s
+                f"{self._scheme}://{control_address}{CONTROL_METRICS_PATH}", timeout=timeout_s
             )
             response.raise_for_status()
             families = response.json()
@@ -71,7 +77,7 @@ class ReplicaClient:
         """Requests and handle calls in flight on the replica; None if it did not answer."""
         try:
             response = await self._http.get(
-                f"http://{control_address}{CONTROL_STATS_PATH}", timeout=_LOAD_TIMEOUT_S
+                f"{self._scheme}://{control_address}{CONTROL_STATS_PATH}", timeout=_LOAD_TIMEOUT_S
             )
             return int(response.json()["load"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError):

@@ -17,6 +17,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from swell._cluster_tls import ClusterTLS
+
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
 )
@@ -33,10 +35,14 @@ class WakeBackend(Protocol):
 class WakeServer:
     """An ASGI app that holds cold requests until a replica exists, then forwards them."""
 
-    def __init__(self, backend: WakeBackend, timeout_s: float) -> None:
+    def __init__(
+        self, backend: WakeBackend, timeout_s: float, tls: ClusterTLS | None = None
+    ) -> None:
+        """``tls``: replicas listen with TLS; verify them against the cluster CA."""
         self._backend = backend
         self._timeout_s = timeout_s
-        self._client = httpx.AsyncClient(timeout=None)
+        self._client = httpx.AsyncClient(timeout=None, verify=tls.client_context() if tls else True)
+        self._scheme = "https" if tls else "http"
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -67,7 +73,7 @@ class WakeServer:
             )
         upstream = self._client.build_request(
             request.method,
-            f"http://{address}{request.url.path}",
+            f"{self._scheme}://{address}{request.url.path}",
             params=request.query_params,
             headers=[(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS],
             content=await request.body(),

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from swell._dataplane.handshake import prove_client
+from swell._dataplane.handshake import HandshakeError, prove_client
 from swell._dataplane.wire import (
     CREDIT,
     LOAD,
@@ -277,17 +278,34 @@ class Connection:
         replica_id: str,
         timeout_s: float = CONNECT_DEADLINE_S,
         on_models: Callable[[bytes], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Connection:
         """Connect to ``address`` and check that ``replica_id`` of this cluster answers there.
 
         ``on_models`` gets each MODELS payload (the replica's loaded models) from the start.
+        ``tls``: the cluster's client context (the replica must present a certificate the
+        cluster CA signed); the token handshake then runs inside TLS.
 
-        Raises HandshakeError (a ConnectionError) when the peer cannot prove it, OSError when
-        nothing listens, TimeoutError past ``timeout_s``.
+        Raises HandshakeError (a ConnectionError) when the peer cannot prove it (a certificate
+        that does not verify included), OSError when nothing listens, TimeoutError past
+        ``timeout_s``.
         """
         host, _, port = address.rpartition(":")
         async with asyncio.timeout(timeout_s):
-            reader, writer = await open_frame_connection(host, int(port), limit=1 << 20)
+            try:
+                reader, writer = await open_frame_connection(
+                    host, int(port), limit=1 << 20, ssl=tls
+                )
+            except ssl.SSLCertVerificationError as error:
+                raise HandshakeError(
+                    f"the replica at {address} presented a certificate the cluster CA "
+                    f"(--tls-ca) does not accept: {error.verify_message}"
+                ) from None
+            except ssl.SSLError as error:
+                raise HandshakeError(
+                    f"the TLS handshake with {address} failed ({error.reason or error}): does it "
+                    "listen with TLS (--tls-cert)?"
+                ) from None
             try:
                 await prove_client(reader, writer, token.encode(), replica_id)
             except BaseException:

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from swell._cluster_tls import client_context
 from swell._dataplane import codec
 from swell._dataplane.client import (
     Call,
@@ -64,6 +66,11 @@ class ClusterContext:
 
     controller_url: str
     token: str
+    # The cluster CA when replicas' data plane uses TLS (--tls-cert); None: plain TCP.
+    tls_ca: str | None = None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return None if self.tls_ca is None else client_context(self.tls_ca)
 
 
 @dataclass
@@ -109,6 +116,9 @@ class Router:
         self._background: set[asyncio.Task[None]] = set()
         self._deadlines = Deadlines()
         self._models_heard = asyncio.Event()
+        # Why the last replica that failed the handshake did (a wrong CA, a wrong token): a
+        # call that found no replica says it.
+        self._refusal: str | None = None
 
     @property
     def waiting(self) -> int:
@@ -167,7 +177,13 @@ class Router:
         if opening is None:
             on_models = functools.partial(self._on_models, replica_id)
             opening = asyncio.get_running_loop().create_task(
-                Connection.open(address, self._cluster.token, replica_id, on_models=on_models),
+                Connection.open(
+                    address,
+                    self._cluster.token,
+                    replica_id,
+                    on_models=on_models,
+                    tls=self._cluster.tls_context(),
+                ),
                 name=f"swell-connect-{replica_id}",
             )
             # Read even when every waiter ran out of time first: no "never retrieved" noise.
@@ -378,6 +394,7 @@ class Router:
             async with asyncio.timeout_at(deadline):
                 return await self._connection(replica_id, address)
         except HandshakeError as error:
+            self._refusal = str(error)
             logger.warning(
                 "replica %s at %s failed the data-plane handshake (%s); treating it as unreachable",
                 replica_id,
@@ -505,6 +522,7 @@ class Router:
             f"call within timeout_s={timeout_s} ({len(self._replicas)} known, all unreachable, "
             "draining or at max_ongoing_requests); set a longer one with "
             "handle.options(timeout_s=...) or add replicas."
+            + (f" The last refused connection: {self._refusal}" if self._refusal else "")
         )
 
     def _ran_out(self, method: str, timeout_s: float, what: str) -> RequestTimeoutError:

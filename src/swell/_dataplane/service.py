@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from ssl import SSLContext
 from typing import Any, Protocol
 
 from swell._context import multiplexed_model_id
@@ -317,9 +318,11 @@ class _Connection:
         await self._send(stream_id, last, codec.encode_error(failure))
 
 
-async def start_server(service: ReplicaService, host: str) -> tuple[asyncio.Server, int]:
-    """Bind to ``host`` (loopback on one machine) on a free port."""
-    server = await start_frame_server(service.serve_connection, host, 0, limit=1 << 20)
+async def start_server(
+    service: ReplicaService, host: str, ssl: SSLContext | None = None
+) -> tuple[asyncio.Server, int]:
+    """Bind to ``host`` (loopback on one machine) on a free port; TLS with ``ssl``."""
+    server = await start_frame_server(service.serve_connection, host, 0, limit=1 << 20, ssl=ssl)
     port: int = server.sockets[0].getsockname()[1]
     return server, port
 

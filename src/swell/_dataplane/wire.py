@@ -33,6 +33,7 @@ import asyncio
 import struct
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
+from ssl import SSLContext
 
 HEADER = struct.Struct("!IBI")
 _HEADER_BYTES = HEADER.size
@@ -265,27 +266,34 @@ class FrameReader(asyncio.StreamReader):
             on_lost()
 
 
+TLS_HANDSHAKE_DEADLINE_S = 10.0
+
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def open_frame_connection(
-    host: str, port: int, limit: int
+    host: str, port: int, limit: int, ssl: SSLContext | None = None
 ) -> tuple[FrameReader, asyncio.StreamWriter]:
-    """``asyncio.open_connection`` with a FrameReader."""
+    """``asyncio.open_connection`` with a FrameReader (over TLS with ``ssl``)."""
     loop = asyncio.get_running_loop()
     reader = FrameReader(limit, loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port, ssl=ssl)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def start_frame_server(
-    connected: ClientConnected, host: str, port: int, limit: int
+    connected: ClientConnected, host: str, port: int, limit: int, ssl: SSLContext | None = None
 ) -> asyncio.Server:
-    """``asyncio.start_server`` whose connections read through a FrameReader."""
+    """``asyncio.start_server`` whose connections read through a FrameReader (TLS: ``ssl``)."""
     loop = asyncio.get_running_loop()
 
     def factory() -> asyncio.StreamReaderProtocol:
         return asyncio.StreamReaderProtocol(FrameReader(limit, loop), connected, loop=loop)
 
-    return await loop.create_server(factory, host, port)
+    if ssl is None:
+        return await loop.create_server(factory, host, port)
+    # A peer that never finishes the TLS handshake holds a socket no longer than this.
+    return await loop.create_server(
+        factory, host, port, ssl=ssl, ssl_handshake_timeout=TLS_HANDSHAKE_DEADLINE_S
+    )

@@ -32,6 +32,7 @@ from swell.config import HTTPOptions, gRPCOptions
 
 CHECK_INTERVAL_MS = 1000
 GENERATION_PREFIX = "swell generation "
+REPLICA_CA_BACKEND = "swell_replica_ca"
 _GENERATION_PATTERN = re.compile(re.escape(GENERATION_PREFIX) + r"(\d+)")
 
 # A client's X-Request-ID is kept only when it is short and plain; otherwise HAProxy makes one.
@@ -73,6 +74,8 @@ class IngressSettings:
     metrics_socket_path: str | None = None
     # An access line per request on HAProxy's output (haproxy_log.py).
     access_log: bool = False
+    # The cluster CA replicas are verified against (--tls-cert), loaded at start (see render).
+    replica_ca: str | None = None
 
     @classmethod
     def from_options(
@@ -117,6 +120,9 @@ class ServerEntry:
     grpc_port: int | None = None
     # "h2" for a gRPC server: HAProxy speaks HTTP/2 to it (health checks stay HTTP/1.1).
     proto: str | None = None
+    # The cluster CA when replicas listen with TLS (--tls-cert): HAProxy verifies their
+    # certificate against it, for requests and health checks (gRPC's h2 traffic stays plain).
+    tls_ca: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,12 +152,37 @@ def server_arguments(server: ServerEntry) -> str:
         words.append(f"port {server.check_port}")
     if server.proto is not None:
         words.append(f"proto {server.proto} check-proto h1")
+    if server.tls_ca is not None:
+        words.append(_replica_tls_words(server))
     # Servers added at runtime get no idle-connection pool unless asked: without these,
     # every request would open (and reset) a new connection to the replica.
     words.append("pool-max-conn -1 pool-purge-delay 5s")
     if server.draining:
         words.append("weight 0")
     return " ".join(words)
+
+
+def _replica_tls_words(server: ServerEntry) -> str:
+    """TLS to a replica, verified against the cluster CA only.
+
+    Neither ``sni`` nor ``verifyhost``: replicas are reached by IP, and with no name to match
+    HAProxy (2.6 and 2.8) checks the chain alone, as swell's own callers do. The health check
+    goes to the control port (``port``), which does not inherit ``ssl``: ``check-ssl`` says so.
+    """
+    words = [] if server.proto == "h2" else ["ssl"]
+    # Unquoted: the runtime API's add server takes words; _cluster_tls allows no spaces.
+    words += ["check-ssl", "verify required", f"ca-file {server.tls_ca}"]
+    return " ".join(words)
+
+
+def _replica_ca_backend(ca: str) -> list[str]:
+    """A never-used server that names the cluster CA, so HAProxy loads it at start: a server
+    added through the runtime API may only use a CA file HAProxy has already loaded."""
+    return [
+        "",
+        f"backend {REPLICA_CA_BACKEND}",
+        f"    server {REPLICA_CA_BACKEND} 127.0.0.1:9 disabled ssl verify required ca-file {ca}",
+    ]
 
 
 def parse_generation(description: str) -> int | None:
@@ -362,6 +393,8 @@ def render(
                 f"    server {WAKE_SERVER} {settings.wake_address} backup "
                 f"{model_affinity.WAKE_SERVER_WORDS}"
             )
+    if settings.replica_ca is not None:
+        lines += _replica_ca_backend(settings.replica_ca)
     if settings.grpc_port is not None:
         # Imported here: grpc_routes builds on this module's entries.
         from swell._ingress.grpc_routes import render_grpc

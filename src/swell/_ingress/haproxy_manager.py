@@ -97,8 +97,11 @@ class HAProxyManager:
         survive_controller: bool = False,
         grpc_options: gRPCOptions | None = None,
         log_path: Path | None = None,
+        replica_ca: str | None = None,
     ) -> None:
+        """``replica_ca``: replicas listen with TLS (--tls-cert); verify them against it."""
         self._options = options
+        self._replica_ca = replica_ca
         self._runtime_dir = runtime_dir
         self.binary = find_haproxy_binary(options.haproxy_binary)
         self.version = ""
@@ -109,6 +112,8 @@ class HAProxyManager:
             wake_address,
             grpc=grpc_options,
         )
+        if replica_ca is not None:
+            self._settings = replace(self._settings, replica_ca=replica_ca)
         if log_path is not None:
             # HAProxy's output and its access lines go to the instance's logs directory.
             self._settings = replace(self._settings, access_log=True)
@@ -178,7 +183,14 @@ class HAProxyManager:
 
     def restore_backends(self, backends: dict[str, BackendEntry]) -> None:
         """Before a fresh start: serve the routes (and live servers) a checkpoint recorded."""
-        self._backends = dict(backends)
+        self._backends = self._with_tls(backends)
+
+    def _with_tls(self, backends: dict[str, BackendEntry]) -> dict[str, BackendEntry]:
+        """Servers recorded elsewhere (a checkpoint, the Ray fleet) get this node's TLS setting."""
+        return {
+            name: replace(b, servers=tuple(replace(s, tls_ca=self._replica_ca) for s in b.servers))
+            for name, b in backends.items()
+        }
 
     def _write_config(self) -> None:
         """The file always holds the whole desired state: any start or reload begins there."""
@@ -235,7 +247,7 @@ class HAProxyManager:
         self._prepare()
         self._process.adopt(pid)
         self._generation = info.generation
-        self._backends = dict(backends)
+        self._backends = self._with_tls(backends)
         self._write_config()
         self._serving()
         return True
@@ -448,7 +460,12 @@ class HAProxyManager:
         if backend is None or any(s.name == server_name for s in backend.servers):
             return
         server = ServerEntry(
-            server_name, address, maxconn, check_port=check_port, grpc_port=grpc_port
+            server_name,
+            address,
+            maxconn,
+            check_port=check_port,
+            grpc_port=grpc_port,
+            tls_ca=self._replica_ca,
         )
         self._with_servers(app_name, (*backend.servers, server))
         if not self._applies_now():

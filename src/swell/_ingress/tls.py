@@ -32,8 +32,9 @@ def _read(field: str, path: str) -> bytes:
 
 
 def _certificates(field: str, path: str) -> list[x509.Certificate]:
+    data = _read(field, path)  # outside the try: its ConfigError is a ValueError too
     try:
-        certificates = x509.load_pem_x509_certificates(_read(field, path))
+        certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
         certificates = []
     if not certificates:

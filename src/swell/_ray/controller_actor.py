@@ -125,6 +125,7 @@ class SwellController:
             "admin_token": instance.admin_token,
             "controller_url": controller.controller_url,
             "cluster_token": controller.cluster_token,
+            "tls_ca": instance.cluster_tls.ca if instance.cluster_tls else None,
             "http_options": instance.http_options,
             "pid": os.getpid(),
         }

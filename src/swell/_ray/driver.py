@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import cloudpickle
 
+from swell._cluster_tls import load as load_cluster_tls
 from swell._dataplane.router import ClusterContext
 from swell._ray.cluster import NAMESPACE, RayConnection, connect, import_ray
 from swell.config import ControllerOptions, HTTPOptions
@@ -64,6 +65,10 @@ class RemoteInstance:
     def __init__(self, http_options: HTTPOptions, controller_options: ControllerOptions) -> None:
         self.http_options = http_options
         self.controller_options = controller_options
+        # Checked on this machine first (every node must hold the same files at these paths).
+        load_cluster_tls(
+            controller_options.tls_cert, controller_options.tls_key, controller_options.tls_ca
+        )
         self._connection: RayConnection | None = None
         self._actor: Any = None
         self.admin_port: int | None = None
@@ -107,7 +112,9 @@ class RemoteInstance:
         self.pid = info["pid"]
         self.cluster_token = info["cluster_token"]
         # Handles made in this process call replicas directly, as the controller's own do.
-        set_cluster_context(ClusterContext(info["controller_url"], info["cluster_token"]))
+        set_cluster_context(
+            ClusterContext(info["controller_url"], info["cluster_token"], info.get("tls_ca"))
+        )
         running: HTTPOptions = info["http_options"]
         if not self.created and running != self.http_options:
             logger.warning(

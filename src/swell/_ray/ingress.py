@@ -60,9 +60,14 @@ class ProxyFleet:
     """Every node's HAProxy, as one ingress manager."""
 
     def __init__(
-        self, options: HTTPOptions, wake_address: str, location: ProxyLocation = "EveryNode"
+        self,
+        options: HTTPOptions,
+        wake_address: str,
+        location: ProxyLocation = "EveryNode",
+        replica_ca: str | None = None,
     ) -> None:
         self._options = options
+        self._replica_ca = replica_ca
         self._wake_address = wake_address
         self._location = location
         self._backends: dict[str, BackendEntry] = {}
@@ -221,7 +226,7 @@ class ProxyFleet:
                 max_restarts=0,
                 max_concurrency=64,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-            ).remote(options, self._wake_address)
+            ).remote(options, self._wake_address, self._replica_ca)
             # Wait for the actor's process outside the lock: changes keep flowing meanwhile.
             await asyncio.wait_for(_future(actor.describe.remote()), _PROXY_START_DEADLINE_S)
             async with self._lock:  # no change lands between the snapshot and the start

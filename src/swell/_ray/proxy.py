@@ -43,13 +43,15 @@ def _sweep_stale_dirs() -> None:
 class HAProxyManager:
     """The HAProxy of the node this actor runs on."""
 
-    def __init__(self, options: HTTPOptions, wake_address: str) -> None:
+    def __init__(
+        self, options: HTTPOptions, wake_address: str, replica_ca: str | None = None
+    ) -> None:
         self._options = options
         self._wake_address = wake_address
         self._node_ip, self._node_id = this_node()
         _sweep_stale_dirs()
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))  # 0700
-        self._manager = _LocalManager(options, self._dir, wake_address)
+        self._manager = _LocalManager(options, self._dir, wake_address, replica_ca=replica_ca)
         self._stopped = asyncio.Event()
 
     async def start(self, backends: dict[str, BackendEntry]) -> dict[str, Any]:

@@ -51,7 +51,10 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     from swell.handle import set_cluster_context
     from swell.schema import ReplicaRank
 
-    set_cluster_context(ClusterContext(spec.controller_url, spec.cluster_token))
+    tls = spec.tls
+    set_cluster_context(
+        ClusterContext(spec.controller_url, spec.cluster_token, tls.ca if tls else None)
+    )
     try:
         loaded = spec.deployment_ref.load()
         target = loaded.func_or_class if isinstance(loaded, Deployment) else loaded
@@ -100,7 +103,9 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     if multiplex.in_use():
         multiplex.set_listener(service.publish_models)
         service.publish_models(multiplex.loaded_model_ids())  # sent on every new connection
-    dataplane_server, data_port = await start_dataplane(service, spec.host)
+    dataplane_server, data_port = await start_dataplane(
+        service, spec.host, tls.server_context() if tls else None
+    )
     grpc_ingress = None
     if spec.grpc_servicer_functions:
         try:
@@ -135,6 +140,9 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
         date_header=False,
         # HAProxy sets no X-Forwarded-* headers for us to trust; skip the middleware.
         proxy_headers=False,
+        # --tls-cert: the user port (HAProxy's hop) and the control port speak TLS.
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
