@@ -2,19 +2,23 @@
 
 Usage::
 
-    python bench/hop.py [--calls 20000] [--concurrency 1,64] [--stream 32]
+    python bench/hop.py [--calls 20000] [--concurrency 1,64] [--stream 32] [--tls off,on]
 
 A router and a ReplicaService (the real data plane, real loopback sockets, uvloop) share this
 process and its loop, so process CPU time per call is what both sides of a hop cost together,
 and a loaded machine (which skews req/s) barely moves it. Sends are the data plane's socket
 writes on the caller's side (``Connection.sends``; 0 where the code has no counter).
+``--tls off,on`` (the default) measures each shape in plain TCP and over TLS (--tls-cert: a
+throwaway CA and certificate), rounds alternating, and prints the TLS/plain ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +28,22 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import uvloop  # noqa: E402
+from tests.certs import TestCA  # noqa: E402
 from tests.unit.dataplane_fixtures import router_for, start_replica, stop_replica  # noqa: E402
+
+from swell._cluster_tls import ClusterTLS, load  # noqa: E402
 
 
 def _sends(router: Any) -> int:
     return sum(getattr(c, "sends", 0) for c in router._connections.values())
 
 
-async def _run(calls: int, concurrency: int, chunks: int) -> dict[str, float]:
-    replica = await start_replica(max_ongoing=1000)
-    router = router_for({replica.replica_id: replica.address})
+async def _run(
+    calls: int, concurrency: int, chunks: int, tls: ClusterTLS | None
+) -> dict[str, float]:
+    server: ssl.SSLContext | None = tls.server_context() if tls else None
+    replica = await start_replica(max_ongoing=1000, tls=server)
+    router = router_for({replica.replica_id: replica.address}, tls_ca=tls.ca if tls else None)
     router._max_ongoing = 1000
     try:
         await router.call("echo", ("warm",), {}, 30.0)
@@ -70,22 +80,37 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--stream", type=int, default=32, help="items per streaming call")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tls", default="off,on", help="off, on, or off,on (both, compared)")
     args = parser.parse_args()
-    for c in (int(x) for x in args.concurrency.split(",")):
-        for label, chunks, calls in (
-            ("unary", 0, args.calls),
-            (f"stream x{args.stream}", args.stream, args.calls // args.stream),
-        ):
-            runs = [uvloop.run(_run(calls, c, chunks)) for _ in range(args.rounds)]
-            best = min(runs, key=lambda r: r["cpu_us_per_call"])
-            each = ", ".join(f"{r['cpu_us_per_call']:.1f}" for r in runs)
-            print(
-                f"{label:12s} c={c:<3d} CPU {best['cpu_us_per_call']:7.1f} µs/call "
-                f"(runs: {each})  "
-                f"wall {best['wall_us_per_call']:7.1f} µs/call  "
-                f"caller sends {best['caller_sends_per_call']:.2f}/call",
-                flush=True,
-            )
+    with tempfile.TemporaryDirectory() as directory:
+        ca = TestCA(Path(directory))
+        cert = ca.issue("cluster")
+        cluster = load(str(cert.cert), str(cert.key), str(ca.cert))
+        modes = {"off": None, "on": cluster}
+        chosen = [m.strip() for m in args.tls.split(",")]
+        for c in (int(x) for x in args.concurrency.split(",")):
+            for label, chunks, calls in (
+                ("unary", 0, args.calls),
+                (f"stream x{args.stream}", args.stream, args.calls // args.stream),
+            ):
+                runs: dict[str, list[dict[str, float]]] = {m: [] for m in chosen}
+                for _ in range(args.rounds):  # alternating: a busy neighbour slows both alike
+                    for mode in chosen:
+                        runs[mode].append(uvloop.run(_run(calls, c, chunks, modes[mode])))
+                best = {}
+                for mode in chosen:
+                    best[mode] = min(runs[mode], key=lambda r: r["cpu_us_per_call"])
+                    each = ", ".join(f"{r['cpu_us_per_call']:.1f}" for r in runs[mode])
+                    print(
+                        f"{label:12s} c={c:<3d} tls={mode:3s} CPU "
+                        f"{best[mode]['cpu_us_per_call']:7.1f} µs/call (runs: {each})  "
+                        f"wall {best[mode]['wall_us_per_call']:7.1f} µs/call  "
+                        f"caller sends {best[mode]['caller_sends_per_call']:.2f}/call",
+                        flush=True,
+                    )
+                if len(best) == 2:
+                    ratio = best["on"]["cpu_us_per_call"] / best["off"]["cpu_us_per_call"]
+                    print(f"{label:12s} c={c:<3d} TLS/plain CPU per call: {ratio:.2f}x", flush=True)
     return 0
 
 

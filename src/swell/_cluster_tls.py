@@ -19,6 +19,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -61,6 +62,19 @@ def client_context(ca: str) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(ca)
     return context
+
+
+def client_limits(tls: ClusterTLS | None) -> httpx.Limits:
+    """Pool limits for an httpx client that talks to replicas (the controller's clients).
+
+    Over TLS, no idle connection is kept: a replica shutting down sends close_notify on each
+    idle one and (uvicorn) waits for the answer, which a pooled connection nobody reads never
+    gives, so each stop would take the whole graceful_shutdown_timeout_s. A handshake per call
+    is cheap at the controller's rate (health checks and load polls).
+    """
+    if tls is None:
+        return httpx.Limits()
+    return httpx.Limits(max_keepalive_connections=0)
 
 
 def _named(field: str, path: str) -> str:

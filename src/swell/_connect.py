@@ -48,7 +48,10 @@ def ingress_deployment(app_name: str) -> str:
     url = f"{cluster.controller_url}{INGRESS_PREFIX}{quote(app_name, safe='')}"
     try:
         response = httpx.get(
-            url, headers={CLUSTER_TOKEN_HEADER: cluster.token}, timeout=_LOOKUP_TIMEOUT_S
+            url,
+            headers={CLUSTER_TOKEN_HEADER: cluster.token},
+            timeout=_LOOKUP_TIMEOUT_S,
+            verify=cluster.http_verify(),
         )
     except httpx.HTTPError as error:
         raise ControllerUnavailableError(

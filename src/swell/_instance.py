@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import uvicorn
 
 from swell._admin_backend import InstanceAdminBackend
+from swell._cluster_tls import ClusterTLS
 from swell._cluster_tls import load as load_cluster_tls
 from swell._controller.admin_api import allowed_hosts, build_admin_app
 from swell._controller.controller import Controller
@@ -74,10 +75,14 @@ class CheckpointStore(Protocol):
 
 
 def _serve_quietly(
-    app: Any, sock: socket.socket | list[socket.socket], name: str
+    app: Any,
+    sock: socket.socket | list[socket.socket],
+    name: str,
+    tls: ClusterTLS | None = None,
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Serve an internal ASGI app on this loop (uvicorn leaves signals alone off the main
-    thread); open long-polls and cold requests are not waited out at shutdown."""
+    thread); open long-polls and cold requests are not waited out at shutdown. ``tls``: with
+    the cluster certificate (--tls-cert)."""
     config = uvicorn.Config(
         app,
         loop="none",
@@ -87,6 +92,8 @@ def _serve_quietly(
         # uvicorn's own logging setup would close every handler in this (the user's) process.
         log_config=None,
         timeout_graceful_shutdown=1,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
     server = uvicorn.Server(config)
     sockets = sock if isinstance(sock, list) else [sock]
@@ -161,6 +168,8 @@ class SwellInstance:
         self.admin_token = controller_options.admin_token or ""
         self.token_file: Path | None = None
         self._wake: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
+        # On Ray with --tls-cert: the admin API for routers on other nodes, over TLS.
+        self._cluster_api: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
         self._store = checkpoint
         self._saved_ports: dict[str, int] = {}
         self._abandon = False
@@ -305,7 +314,12 @@ class SwellInstance:
             await self._stop.wait()
         finally:
             await self._tear_down(checkpoint, work_dir if state_dir is None else None)
-            for server, task in ((admin_server, admin_task), (wake_server, wake_task)):
+            cluster_server, cluster_task = self._cluster_api or (None, None)
+            for server, task in (
+                (admin_server, admin_task),
+                (cluster_server, cluster_task),
+                (wake_server, wake_task),
+            ):
                 if server is not None and task is not None:
                     server.should_exit = True
                     with contextlib.suppress(Exception):
@@ -491,7 +505,8 @@ class SwellInstance:
         self._ports["wake"] = sock.getsockname()[1]
         address = f"{self._cluster_host}:{self._ports['wake']}"
         app = WakeServer(_LateController(self), self.http_options.queue_timeout_s, self.cluster_tls)
-        server, task = _serve_quietly(app, sock, "swell-wake-server")
+        # HAProxy reaches it over TLS too when replicas use it (the requests are users').
+        server, task = _serve_quietly(app, sock, "swell-wake-server", self.cluster_tls)
         return server, task, address
 
     async def _start_admin_api(
@@ -511,7 +526,8 @@ class SwellInstance:
         hosts = allowed_hosts(options.admin_host, self.admin_port)
         sockets = [sock]
         controller.controller_url = f"http://{_loopback_for(options.admin_host)}:{self.admin_port}"
-        if self._ray is not None and options.admin_host in ("0.0.0.0", "::", ""):
+        tls = self.cluster_tls if self._ray is not None else None
+        if tls is None and self._ray is not None and options.admin_host in ("0.0.0.0", "::", ""):
             # Bound everywhere already: other nodes reach it at this node's IP.
             controller.controller_url = f"http://{self._cluster_host}:{self.admin_port}"
         elif self._ray is not None:
@@ -523,10 +539,25 @@ class SwellInstance:
             cluster_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             cluster_sock.bind((self._cluster_host, cluster_port or 0))
             cluster_port = self._ports["cluster"] = cluster_sock.getsockname()[1]
-            sockets.append(cluster_sock)
             cluster_hosts = allowed_hosts(self._cluster_host, cluster_port)
-            hosts = None if hosts is None or cluster_hosts is None else hosts | cluster_hosts
-            controller.controller_url = f"http://{self._cluster_host}:{cluster_port}"
+            scheme = "https" if tls else "http"
+            controller.controller_url = f"{scheme}://{self._cluster_host}:{cluster_port}"
+            if tls is not None:
+                # Routers send the cluster token here: with --tls-cert, over TLS (a server of
+                # its own, since uvicorn's TLS is per server; the CLI's port stays as it is).
+                cluster_app = build_admin_app(
+                    self.admin,
+                    self.admin_token,
+                    controller.cluster_token,
+                    cluster_hosts,
+                    self._replica_ca,
+                )
+                self._cluster_api = _serve_quietly(
+                    cluster_app, cluster_sock, "swell-cluster-api", tls
+                )
+            else:
+                sockets.append(cluster_sock)
+                hosts = None if hosts is None or cluster_hosts is None else hosts | cluster_hosts
         app = build_admin_app(
             self.admin, self.admin_token, controller.cluster_token, hosts, self._replica_ca
         )

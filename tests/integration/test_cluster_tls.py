@@ -146,10 +146,19 @@ def test_http_and_handle_calls_over_tls(tls_serve: tuple[Swell, TestCA], tmp_pat
 
 
 def test_a_self_signed_cluster_certificate_is_its_own_ca(tmp_path: Path) -> None:
+    """A self-signed --tls-cert without --tls-ca; scale from zero through the wake-up server."""
     cert = self_signed(tmp_path)
     for serve in _tls_swell(haproxy_binaries()[0], cert, None):
-        swell.run(apps.composed_app)
-        assert serve.client.post("/", json={"x": [1, 2, 3]}).json() == {"y": 7.0, "chained": 3.5}
+        swell.run(apps.composed_app, name="composed", route_prefix="/composed")
+        expected = {"y": 7.0, "chained": 3.5}
+        assert serve.client.post("/composed", json={"x": [1, 2, 3]}).json() == expected
+        # From zero replicas: HAProxy -> the controller's wake-up server -> the new replica,
+        # both hops over TLS.
+        swell.run(apps.cold_app)
+        # A new connection: the idle one may still be the previous HAProxy worker's.
+        answer = httpx.get(serve.url + "/", timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["replica"].startswith("Elastic-")
 
 
 @pytest.mark.parametrize(

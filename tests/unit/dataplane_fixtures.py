@@ -6,6 +6,7 @@ import asyncio
 import operator
 import pathlib
 import pickle
+import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -127,7 +128,10 @@ class Replica:
 
 
 async def start_replica(
-    replica_id: str = "Model-1", max_ongoing: int = 100, handshake_deadline_s: float = 10.0
+    replica_id: str = "Model-1",
+    max_ongoing: int = 100,
+    handshake_deadline_s: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Replica:
     dispatcher = RecordingDispatcher(release=asyncio.Event())
     service = ReplicaService(
@@ -138,7 +142,7 @@ async def start_replica(
         replica_id=replica_id,
         handshake_deadline_s=handshake_deadline_s,
     )
-    server, port = await start_server(service, "127.0.0.1")
+    server, port = await start_server(service, "127.0.0.1", tls)
     return Replica(replica_id, service, server, f"127.0.0.1:{port}", dispatcher)
 
 
@@ -147,9 +151,9 @@ async def stop_replica(replica: Replica) -> None:
     await replica.server.wait_closed()
 
 
-def router_for(replicas: dict[str, str], token: str = TOKEN) -> Router:
+def router_for(replicas: dict[str, str], token: str = TOKEN, tls_ca: str | None = None) -> Router:
     """A router that knows ``replicas`` (id → address), as if the controller had sent them."""
-    router = Router("default", "Model", ClusterContext(NO_CONTROLLER, token))
+    router = Router("default", "Model", ClusterContext(NO_CONTROLLER, token, tls_ca))
     router._apply(
         {
             "version": 1,

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from swell._cluster_tls import ClusterTLS
+from swell._cluster_tls import ClusterTLS, client_limits
 from swell._protocol import (
     CLUSTER_TOKEN_HEADER,
     CONTROL_HEALTH_PATH,
@@ -31,6 +31,7 @@ class ReplicaClient:
         self._http = httpx.AsyncClient(
             headers={CLUSTER_TOKEN_HEADER: cluster_token},
             verify=tls.client_context() if tls else True,
+            limits=client_limits(tls),
         )
         self._scheme = "https" if tls else "http"
 

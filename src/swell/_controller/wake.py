@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from swell._cluster_tls import ClusterTLS
+from swell._cluster_tls import ClusterTLS, client_limits
 
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
@@ -41,7 +41,9 @@ class WakeServer:
         """``tls``: replicas listen with TLS; verify them against the cluster CA."""
         self._backend = backend
         self._timeout_s = timeout_s
-        self._client = httpx.AsyncClient(timeout=None, verify=tls.client_context() if tls else True)
+        self._client = httpx.AsyncClient(
+            timeout=None, verify=tls.client_context() if tls else True, limits=client_limits(tls)
+        )
         self._scheme = "https" if tls else "http"
 
     async def aclose(self) -> None:

@@ -72,6 +72,10 @@ class ClusterContext:
     def tls_context(self) -> ssl.SSLContext | None:
         return None if self.tls_ca is None else client_context(self.tls_ca)
 
+    def http_verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for ``controller_url`` (https on a Ray cluster with TLS)."""
+        return self.tls_context() or True
+
 
 @dataclass
 class _ReplicaView:
@@ -137,7 +141,9 @@ class Router:
         url = f"{self._cluster.controller_url}{REPLICA_SETS_PREFIX}{self._app}/{self._deployment}"
         delay = 0.1
         headers = {CLUSTER_TOKEN_HEADER: self._cluster.token}
-        async with httpx.AsyncClient(timeout=_WATCH_TIMEOUT_S + 10, headers=headers) as client:
+        async with httpx.AsyncClient(
+            timeout=_WATCH_TIMEOUT_S + 10, headers=headers, verify=self._cluster.http_verify()
+        ) as client:
             while True:
                 try:
                     response = await client.get(
@@ -422,7 +428,9 @@ class Router:
 
         async def post() -> None:
             with contextlib.suppress(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=5.0) as client:
+                async with httpx.AsyncClient(
+                    timeout=5.0, verify=self._cluster.http_verify()
+                ) as client:
                     await client.post(url, headers={CLUSTER_TOKEN_HEADER: self._cluster.token})
 
         task = asyncio.get_running_loop().create_task(post())

@@ -392,6 +392,12 @@ def render(
             lines.append(
                 f"    server {WAKE_SERVER} {settings.wake_address} backup "
                 f"{model_affinity.WAKE_SERVER_WORDS}"
+                # The controller's wake-up server uses the cluster certificate too.
+                + (
+                    f" ssl verify required ca-file {settings.replica_ca}"
+                    if settings.replica_ca
+                    else ""
+                )
             )
     if settings.replica_ca is not None:
         lines += _replica_ca_backend(settings.replica_ca)
