@@ -4,9 +4,12 @@ controller -> replica) over TLS, on real replicas and a real HAProxy of each ver
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from tests.integration.conftest import (
     wait_until,
 )
 from tests.integration.ingress_harness import running_ingress
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=haproxy_binaries())
@@ -231,3 +236,47 @@ def test_haproxy_refuses_a_replica_the_ca_did_not_sign(binary: str, tmp_path: Pa
         assert "SSL handshake failure" in log.read_text()
         assert httpx.get(ingress.url + "/x", timeout=10).status_code == 503
         assert impostor.requests == 0 and impostor.checks == 0
+
+
+# The command line ---------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "swell", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_passes_the_tls_flags_to_the_detached_instance(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path)
+    cert = ca.issue("cluster")
+    port, admin_port = free_port(), free_port()
+    flags = ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key), "--tls-ca", str(ca.cert)]
+    address = f"http://127.0.0.1:{admin_port}"
+    # A wrong key is refused before anything starts, naming the flag.
+    refused = _cli(
+        "start", "--port", str(port), "--admin-port", str(admin_port),
+        "--tls-cert", str(cert.cert), "--tls-key", str(ca.issue("other").key),
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "--tls-key (tls_key)" in refused.stderr and "is not the key" in refused.stderr
+    started = _cli(
+        "run", "examples.hello:app", "--non-blocking",
+        "--port", str(port), "--admin-port", str(admin_port), *flags,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200
+        status = json.loads(_cli("status", "--address", address, "--json").stdout)
+        (replica,) = status["applications"]["default"]["deployments"]["Hello"]["replicas"][:1]
+        with pytest.raises(httpx.HTTPError):  # the replica serves TLS only
+            httpx.get(f"http://{replica['address']}/", timeout=10)
+        with httpx.Client(verify=client_context(str(ca.cert)), timeout=10) as verified:
+            assert verified.get(f"https://{replica['address']}/").status_code == 200
+    finally:
+        stopped = _cli("shutdown", "--address", address)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
