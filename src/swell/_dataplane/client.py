@@ -301,10 +301,13 @@ class Connection:
                     f"the replica at {address} presented a certificate the cluster CA "
                     f"(--tls-ca) does not accept: {error.verify_message}"
                 ) from None
-            except ssl.SSLError as error:
+            except (ssl.SSLError, ConnectionResetError) as error:
+                if tls is None:
+                    raise
+                reason = getattr(error, "reason", None) or type(error).__name__
                 raise HandshakeError(
-                    f"the TLS handshake with {address} failed ({error.reason or error}): does it "
-                    "listen with TLS (--tls-cert)?"
+                    f"the TLS handshake with {address} failed ({reason}): does it listen with "
+                    "TLS (--tls-cert)?"
                 ) from None
             try:
                 await prove_client(reader, writer, token.encode(), replica_id)
