@@ -21,6 +21,7 @@ import yaml
 import swell
 from swell import api
 from swell._protocol import grpc_backend_name
+from tests.certs import TestCA
 from tests.integration import grpc_apps
 from tests.integration.conftest import (
     children_of,
@@ -95,7 +96,12 @@ class GrpcSwell:
 
 
 def _start(
-    binary: str | None, pb2: Any, pb2_grpc: Any, http_extra: dict[str, Any], **grpc_extra: Any
+    binary: str | None,
+    pb2: Any,
+    pb2_grpc: Any,
+    http_extra: dict[str, Any],
+    tls: dict[str, str] | None = None,
+    **grpc_extra: Any,
 ) -> GrpcSwell:
     http: dict[str, Any] = {"host": "127.0.0.1", "port": free_port(), **http_extra}
     if binary:
@@ -105,6 +111,7 @@ def _start(
         http_options=http,
         admin_port=0,
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER], **grpc_extra},
+        **(tls or {}),
     )
     return GrpcSwell(grpc_port, pb2, pb2_grpc)
 
@@ -115,7 +122,12 @@ def grpc_serve(request: pytest.FixtureRequest, generated: Any) -> Iterator[GrpcS
     options = dict(getattr(request, "param", {}) or {})
     binary = options.pop("binary", None)
     http_extra = options.pop("http", {})
-    instance = _start(binary, pb2, pb2_grpc, http_extra, **options)
+    tls = None
+    if options.pop("tls", False):  # --tls-cert: HAProxy reaches the replica's gRPC over TLS
+        ca = TestCA(request.getfixturevalue("tmp_path"))
+        cert = ca.issue("cluster")
+        tls = {"tls_cert": str(cert.cert), "tls_key": str(cert.key), "tls_ca": str(ca.cert)}
+    instance = _start(binary, pb2, pb2_grpc, http_extra, tls, **options)
     pids: list[int] = []
     try:
         yield instance
@@ -135,7 +147,12 @@ def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     return error.code(), error.details()
 
 
-@pytest.mark.parametrize("grpc_serve", [{"binary": b} for b in haproxy_binaries()], indirect=True)
+@pytest.mark.parametrize(
+    "grpc_serve",
+    [{"binary": b, "tls": tls} for b in haproxy_binaries() for tls in (False, True)],
+    indirect=True,
+    ids=[f"{b}{'-tls' if tls else ''}" for b in haproxy_binaries() for tls in (False, True)],
+)
 def test_unary_streaming_and_errors_through_each_haproxy(grpc_serve: GrpcSwell) -> None:
     swell.run(grpc_apps.greeter_app, name="greeter")
     stub, pb2 = grpc_serve.stub, grpc_serve.pb2

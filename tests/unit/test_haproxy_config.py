@@ -342,10 +342,12 @@ def test_replica_tls_words() -> None:
         "127.0.0.1:1 maxconn 5 check inter 1000 fall 2 rise 1 port 2 ssl check-ssl "
         f"verify required ca-file {ca} pool-max-conn -1 pool-purge-delay 5s"
     )
-    # gRPC: h2 in the clear to the gRPC port, the health check to the control port over TLS.
+    # gRPC: h2 by ALPN to the gRPC port, the health check HTTP/1.1 to the control port.
     grpc = replace(tls, proto="h2")
-    assert " ssl " not in server_arguments(grpc)
-    assert f"check-ssl verify required ca-file {ca}" in server_arguments(grpc)
+    assert (
+        f"ssl check-ssl alpn h2 check-alpn http/1.1 verify required ca-file {ca}"
+        in server_arguments(grpc)
+    )
     # HAProxy loads the CA at start, so servers added at runtime may name it.
     config = rendered("replica_tls")
     assert (

@@ -121,7 +121,7 @@ class ServerEntry:
     # "h2" for a gRPC server: HAProxy speaks HTTP/2 to it (health checks stay HTTP/1.1).
     proto: str | None = None
     # The cluster CA when replicas listen with TLS (--tls-cert): HAProxy verifies their
-    # certificate against it, for requests and health checks (gRPC's h2 traffic stays plain).
+    # certificate against it, for requests and health checks.
     tls_ca: str | None = None
 
 
@@ -168,10 +168,13 @@ def _replica_tls_words(server: ServerEntry) -> str:
     Neither ``sni`` nor ``verifyhost``: replicas are reached by IP, and with no name to match
     HAProxy (2.6 and 2.8) checks the chain alone, as swell's own callers do. The health check
     goes to the control port (``port``), which does not inherit ``ssl``: ``check-ssl`` says so.
+    A gRPC server negotiates h2 by ALPN; its checks (HTTP/1.1 to the control port) do not.
     """
-    words = [] if server.proto == "h2" else ["ssl"]
+    words = ["ssl", "check-ssl"]
+    if server.proto == "h2":
+        words += ["alpn h2", "check-alpn http/1.1"]
     # Unquoted: the runtime API's add server takes words; _cluster_tls allows no spaces.
-    words += ["check-ssl", "verify required", f"ca-file {server.tls_ca}"]
+    words += ["verify required", f"ca-file {server.tls_ca}"]
     return " ".join(words)
 
 

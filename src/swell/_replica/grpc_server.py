@@ -16,11 +16,13 @@ import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
+from swell._cluster_tls import ClusterTLS
 from swell._grpc_services import ServiceMethod, load_service_methods
 from swell._protocol import GRPC_API_SERVICE, GRPC_APPLICATIONS_HEADER
 from swell._replica.user_callable import UserCallable
@@ -94,9 +96,15 @@ class GrpcIngress:
         self._stopping: asyncio.Task[None] | None = None
         self.port = 0
 
-    async def start(self, host: str) -> int:
+    async def start(self, host: str, tls: ClusterTLS | None = None) -> int:
+        """Listen on a free port; over TLS with the cluster certificate when ``tls``."""
         address = f"[{host}]:0" if ":" in host else f"{host}:0"
-        self.port = self._server.add_insecure_port(address)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            pair = (Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())
+            credentials = grpc.ssl_server_credentials([pair])
+            self.port = self._server.add_secure_port(address, credentials)
         await self._server.start()
         return self.port
 
@@ -266,8 +274,9 @@ async def start_grpc_ingress(
     counter: _Counter,
     host: str,
     request_timeout_s: float | None,
+    tls: ClusterTLS | None = None,
 ) -> GrpcIngress:
     """Load the services (a bad path raises ConfigError) and start serving them."""
     ingress = GrpcIngress(user, load_service_methods(paths), counter, request_timeout_s)
-    await ingress.start(host)
+    await ingress.start(host, tls)
     return ingress

@@ -112,7 +112,12 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
             from swell._replica.grpc_server import start_grpc_ingress
 
             grpc_ingress = await start_grpc_ingress(
-                spec.grpc_servicer_functions, user, app, spec.host, spec.grpc_request_timeout_s
+                spec.grpc_servicer_functions,
+                user,
+                app,
+                spec.host,
+                spec.grpc_request_timeout_s,
+                tls,
             )
         except BaseException:
             _emit(events_fd, {"event": "failed", "error": traceback.format_exc()})
