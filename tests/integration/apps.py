@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import operator
 import os
 import signal
@@ -175,6 +176,15 @@ class FastAPIIngress:
 
 whoami_app = WhoAmI.bind("Hello", punctuation="?")
 text_app = plain_text.bind()
+
+
+@swell.deployment
+def gc_state() -> dict[str, int]:
+    """How many objects the replica froze out of the collector's sight at startup."""
+    return {"frozen": gc.get_freeze_count()}
+
+
+gc_state_app = gc_state.bind()
 stream_app = Streamer.bind()
 endless_stream_app = EndlessStream.bind()
 sync_app = SyncBlocking.bind()

