@@ -12,6 +12,9 @@ import gc
 import tracemalloc
 from collections.abc import Awaitable
 
+import pytest
+
+import swell.handle
 from swell._dataplane.router import Router
 from swell.handle import DeploymentHandle
 from tests.unit.dataplane_fixtures import Replica, router_for, start_replica, stop_replica
@@ -109,3 +112,40 @@ def test_handle_method_attributes_are_built_once() -> None:
     assert handle.predict is handle.predict
     assert handle.predict.method_name == "predict"
     assert handle.options(timeout_s=5).predict.timeout_s == 5
+    # Found as an instance attribute from then on: no miss through __getattr__ per call.
+    assert handle.__dict__["predict"] is handle.predict
+    assert "remote" not in handle.__dict__
+
+
+def test_a_handle_looks_its_router_up_once_per_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = 0
+
+    def counting_router(app_name: str, deployment: str) -> Router:
+        nonlocal lookups
+        lookups += 1
+        loop = asyncio.get_running_loop()
+        return swell.handle._routers.setdefault(loop, {})[(app_name, deployment)]
+
+    async def scenario() -> None:
+        replica, router = await _started()
+        loop = asyncio.get_running_loop()
+        swell.handle._routers.setdefault(loop, {})[("default", "Model")] = router
+        try:
+            handle = DeploymentHandle("Model", "default")
+            for i in range(CALLS):
+                assert await handle.echo.remote(i) == i
+            assert lookups == 1
+            # A closed router is forgotten (close_routers() empties the loop's routers).
+            replacement = router_for({replica.replica_id: replica.address})
+            swell.handle._routers[loop][("default", "Model")] = replacement
+            assert await handle.echo.remote("again") == "again"
+            assert lookups == 2
+            await replacement.close()
+        finally:
+            swell.handle._routers.pop(loop, None)
+            await router.close()
+            await stop_replica(replica)
+
+    monkeypatch.setattr(swell.handle, "_router", counting_router)
+    monkeypatch.setattr(swell.handle, "_cluster", object())  # calls need a cluster to exist
+    run(scenario())
