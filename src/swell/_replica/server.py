@@ -16,11 +16,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from swell._context import multiplexed_model_id
 from swell._logging.access import AccessLog
 from swell._metrics.process import PROCESS
-from swell._protocol import REQUEST_ID_HEADER, ROUTE_PREFIX_HEADER
+from swell._protocol import MULTIPLEXED_MODEL_ID_HEADER, REQUEST_ID_HEADER, ROUTE_PREFIX_HEADER
 from swell._replica.control import ControlEndpoints, send_plain
-from swell._replica.multiplexing import set_request_model_id
 from swell._replica.request_guard import RequestBodyTooLarge, RequestGuard
 from swell._replica.responses import encode_plain
 from swell._replica.slow_requests import SlowRequests
@@ -33,6 +33,7 @@ _WATCH_DISCONNECT_AFTER_S = 0.05
 _TEXT = b"text/plain; charset=utf-8"
 _ROUTE_PREFIX_KEY = ROUTE_PREFIX_HEADER.encode()
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
+_MODEL_ID_KEY = MULTIPLEXED_MODEL_ID_HEADER.encode()
 
 logger = logging.getLogger("swell.replica")
 
@@ -44,15 +45,6 @@ def request_id_of(scope: Scope) -> str:
             text: str = value.decode("latin-1")
             return text[:128]
     return uuid.uuid4().hex
-
-
-def _root_path_of(scope: Scope, default: str) -> str:
-    """The app's route prefix as HAProxy sent it with the request (it can change live)."""
-    for name, value in scope.get("headers", ()):
-        if name == _ROUTE_PREFIX_KEY:
-            prefix = value.decode("latin-1")
-            return "" if prefix == "/" else prefix
-    return default
 
 
 class ReplicaASGI:
@@ -101,13 +93,30 @@ class ReplicaASGI:
         if server is not None and server[1] == self.control_port:
             await self.control(scope, receive, send)
             return
-        set_request_model_id(scope)  # ~0.2 us; as in Ray, any deployment may ask for it
-        root_path = _root_path_of(scope, self._default_root_path)
+        # The three headers swell reads, in one pass over the list (not one pass each).
+        request_id = prefix = None
+        for name, value in scope.get("headers", ()):
+            if name == _REQUEST_ID_KEY:
+                request_id = value
+            elif name == _ROUTE_PREFIX_KEY:
+                prefix = value
+            elif name == _MODEL_ID_KEY:
+                # As in Ray, any deployment may ask for it; the value ends with the request.
+                multiplexed_model_id.set(value.decode("latin-1"))
+        if prefix is None:
+            root_path = self._default_root_path
+        else:  # the app's route prefix as HAProxy sent it (it can change live)
+            root_path = "" if prefix == b"/" else prefix.decode("latin-1")
         if root_path:
             scope["root_path"] = scope.get("root_path", "") + root_path
         # This request's task is its own: the context is the request's alone.
         _set_request_context(
-            _RequestContext(root_path or "/", request_id_of(scope), self._app_name, True)
+            _RequestContext(
+                root_path or "/",
+                uuid.uuid4().hex if request_id is None else request_id.decode("latin-1")[:128],
+                self._app_name,
+                True,
+            )
         )
         self.ongoing += 1
         try:
