@@ -1,4 +1,5 @@
-"""The disconnect watch: one timer per event loop, not one per request (counted, not timed)."""
+"""What a replica's HTTP request costs, counted rather than timed: the disconnect watch arms one
+timer per event loop, not one per request, and swell reads the headers in one pass."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class _Hello:
         return "hi"
 
 
-def test_a_replica_arms_no_timer_per_request() -> None:
+def test_a_replica_arms_no_timer_and_reads_headers_once_per_request() -> None:
     async def scenario() -> None:
         user = UserCallable(_Hello, True, 10)
         await user.construct((), {})
@@ -80,12 +81,22 @@ def test_a_replica_arms_no_timer_per_request() -> None:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
+        passes = 0
+
+        class Headers(list[tuple[bytes, bytes]]):
+            def __iter__(self) -> Any:
+                nonlocal passes
+                passes += 1
+                return super().__iter__()
+
         for _ in range(REQUESTS):
-            scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+            headers = Headers([(b"host", b"x"), (b"x-request-id", b"abc")])
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
             scope |= {"server": ("127.0.0.1", 2), "query_string": b"", "root_path": ""}
             await app(scope, receive, send)
         assert len(sent) == 2 * REQUESTS and sent[-1]["body"] == b"hi"
         assert timers == app.slow.timers_armed == 1  # one for all the requests
+        assert passes == REQUESTS  # request id, route prefix, model id: one pass for all
         assert not app.slow._running
 
     asyncio.run(scenario())
