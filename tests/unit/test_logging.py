@@ -273,12 +273,11 @@ def test_prints_become_one_record_per_line(tmp_path: Path) -> None:
         print_logger.setLevel(previous)
 
 
-def test_access_lines_skip_the_log_record_and_share_one_write_per_loop_turn(
-    tmp_path: Path,
-) -> None:
+def test_access_lines_skip_the_log_record_and_share_one_write(tmp_path: Path) -> None:
     path = tmp_path / "replica_default+Model-1a2b3c4d.log"
     handler = AppendHandler(path)
     formatter = SwellFormatter(REPLICA, "JSON")
+    handler.setFormatter(formatter)
     logger = logging.getLogger("swell.access")
     previous = logger.level
     logger.setLevel(logging.INFO)
@@ -293,16 +292,27 @@ def test_access_lines_skip_the_log_record_and_share_one_write_per_loop_turn(
             access.http("GET", "/", 200, 0.0)
         assert access.enabled
         before = path.read_text()
-        await asyncio.sleep(0)  # the loop's next turn writes them, together
-        return [before, path.read_text()]
+        await asyncio.sleep(0)
+        next_turn = path.read_text()  # they wait for a moment, to share a write with more
+        # A record logged meanwhile sends them first: the file keeps their order.
+        handler.handle(logging.LogRecord("user", logging.INFO, "x.py", 1, "mine", None, None))
+        after_record = path.read_text()
+        for _ in range(200):
+            access.http("GET", "/", 200, 0.0)
+        async with asyncio.timeout(10):
+            while path.read_text() == after_record:
+                await asyncio.sleep(0.01)
+        assert handler.flushes_scheduled == 2  # one timer for the 3, one for the 200
+        return [before, next_turn, after_record, path.read_text()]
 
     try:
-        before, after = asyncio.run(serve())
+        before, next_turn, after_record, final = asyncio.run(serve())
     finally:
         logger.setLevel(previous)
         handler.close()
-    assert before == ""
-    documents = [json.loads(line) for line in after.splitlines()]
-    assert len(documents) == 3
+    assert before == next_turn == ""
+    documents = [json.loads(line) for line in after_record.splitlines()]
+    assert [d["message"] for d in documents][3:] == ["mine"]
     assert documents[0]["request_id"] == "req-7" and documents[0]["replica"] == "Model-1a2b3c4d"
     assert documents[0]["message"].startswith("GET / 200 ")
+    assert len(final.splitlines()) == 204
