@@ -7,6 +7,7 @@ reach them. Everything but the readiness check needs the cluster token.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -138,7 +139,15 @@ class ControlEndpoints:
             if not message.get("more_body", False):
                 break
         try:
-            await self._user.reconfigure(pickle.loads(b"".join(chunks)))
+            # What the constructor built was frozen out of the collector's sight at startup;
+            # reconfigure() may drop it (a model replaced): thaw, collect, freeze again, so
+            # cycles it leaves behind are freed (one full collection per reconfigure).
+            gc.unfreeze()
+            try:
+                await self._user.reconfigure(pickle.loads(b"".join(chunks)))
+            finally:
+                gc.collect()
+                gc.freeze()
         except Exception as error:
             logger.exception("reconfigure() failed")
             detail = f"{type(error).__name__}: {error}".encode()
