@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,11 @@ class Steady:
 steady_app = Steady.bind()
 
 
+class _CyclicModel:
+    def __init__(self) -> None:
+        self.me = self
+
+
 @swell.deployment(num_replicas=2, graceful_shutdown_timeout_s=60, max_ongoing_requests=50)
 class Versioned:
     """Answers with its version; can stream slowly, and can refuse to start (broken update)."""
@@ -338,9 +344,14 @@ class Versioned:
             raise RuntimeError(f"version {version} cannot load its model")
         self.version = version
         self.config: Any = None
+        # A "model" in a reference cycle; those built at startup are frozen with the rest.
+        self.model = _CyclicModel()
+        self.replaced = weakref.ref(self.model)
 
     def reconfigure(self, config: Any) -> None:
         self.config = config
+        self.replaced = weakref.ref(self.model)
+        self.model = _CyclicModel()  # the last one is garbage now, held only by its cycle
 
     async def __call__(self, request: Request) -> Any:
         if request.url.path == "/stream":
@@ -358,6 +369,7 @@ class Versioned:
             "version": self.version,
             "config": self.config,
             "replica": swell.get_replica_context().replica_id,
+            "replaced_model_freed": self.replaced() is None,
         }
 
 

@@ -75,6 +75,9 @@ def test_user_config_reaches_live_replicas(serve: Swell) -> None:
 
     wait_until(all_reconfigured, 30, "every replica to see the new user_config")
     assert replica_ids() == before
+    # The model built at startup was frozen with the rest; reconfigure() dropped it, and the
+    # replica thawed and collected it (a frozen cycle is never freed).
+    assert all(serve.client.get("/").json()["replaced_model_freed"] for _ in range(10))
 
 
 def test_rolling_update_under_load_drops_nothing(serve: Swell) -> None:
