@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from swell import _pem as pem
 from swell.exceptions import ConfigError
 
 _PATH_WORD = re.compile(r"[A-Za-z0-9/._+\-]+")
@@ -82,26 +83,11 @@ def _named(field: str, path: str) -> str:
 
 
 def _read(field: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(
-            f"{_named(field, path)} cannot be read: {error.strerror or error}"
-        ) from None
+    return pem.read_file(_named(field, path), path)
 
 
 def _certificates(field: str, path: str) -> list[x509.Certificate]:
-    data = _read(field, path)  # outside the try: its ConfigError is a ValueError too
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certificates = []
-    if not certificates:
-        raise ConfigError(
-            f"{_named(field, path)} holds no PEM certificate "
-            "(expected '-----BEGIN CERTIFICATE-----' blocks)"
-        )
-    return certificates
+    return pem.certificates(_named(field, path), path)
 
 
 def _public(certificate: x509.Certificate) -> bytes:

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from swell import _pem as pem
 from swell._ingress.haproxy_config import TLSSettings
 from swell.config import HTTPOptions
 from swell.exceptions import ConfigError
@@ -23,26 +24,11 @@ BUNDLE_NAME = "tls.pem"
 
 
 def _read(field: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise ConfigError(
-            f"http_options.{field}={path!r} cannot be read: {error.strerror or error}"
-        ) from None
+    return pem.read_file(f"http_options.{field}={path!r}", path)
 
 
 def _certificates(field: str, path: str) -> list[x509.Certificate]:
-    data = _read(field, path)  # outside the try: its ConfigError is a ValueError too
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certificates = []
-    if not certificates:
-        raise ConfigError(
-            f"http_options.{field}={path!r} holds no PEM certificate "
-            "(expected '-----BEGIN CERTIFICATE-----' blocks)"
-        )
-    return certificates
+    return pem.certificates(f"http_options.{field}={path!r}", path)
 
 
 def _public_pem(key: PublicKeyTypes) -> bytes:
