@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -106,13 +107,22 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Swell]:
         options["haproxy_binary"] = binary
     swell.start(http_options=options, admin_port=0)
     instance = Swell(port)
+    with shut_down_whole(instance.client.close):
+        yield instance
+
+
+@contextlib.contextmanager
+def shut_down_whole(close_client: Callable[[], None]) -> Iterator[None]:
+    """Around a test's use of an in-process swell: then its client is closed, swell is shut
+    down (also when the test failed) and, after a test that passed, every process it had
+    started must be gone."""
     pids: list[int] = []
     try:
-        yield instance
+        yield
         pids = started_pids()
         pids += [child for pid in pids for child in children_of(pid)]
     finally:
-        instance.client.close()
+        close_client()
         swell.shutdown()
     for pid in pids:
         wait_until(lambda pid=pid: not pid_alive(pid), 15, f"process {pid} to exit")

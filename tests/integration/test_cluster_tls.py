@@ -28,11 +28,9 @@ from tests.certs import Issued, TestCA, self_signed
 from tests.integration import apps
 from tests.integration.conftest import (
     Swell,
-    children_of,
     free_port,
     haproxy_binaries,
-    pid_alive,
-    started_pids,
+    shut_down_whole,
     wait_until,
 )
 from tests.integration.ingress_harness import running_ingress
@@ -62,16 +60,8 @@ def _tls_swell(binary: str, cert: Issued, ca: Path | None) -> Iterator[Swell]:
         tls_ca=str(ca) if ca is not None else None,
     )
     instance = Swell(port)
-    pids: list[int] = []
-    try:
+    with shut_down_whole(instance.client.close):
         yield instance
-        pids = started_pids()
-        pids += [child for pid in pids for child in children_of(pid)]
-    finally:
-        instance.client.close()
-        swell.shutdown()
-    for pid in pids:
-        wait_until(lambda pid=pid: not pid_alive(pid), 15, f"process {pid} to exit")
 
 
 @pytest.fixture

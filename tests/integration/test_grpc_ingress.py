@@ -24,12 +24,10 @@ from swell._protocol import grpc_backend_name
 from tests.certs import TestCA
 from tests.integration import grpc_apps
 from tests.integration.conftest import (
-    children_of,
     free_port,
     haproxy_binaries,
-    pid_alive,
     replica_stats,
-    started_pids,
+    shut_down_whole,
     wait_until,
 )
 
@@ -128,16 +126,8 @@ def grpc_serve(request: pytest.FixtureRequest, generated: Any) -> Iterator[GrpcS
         cert = ca.issue("cluster")
         tls = {"tls_cert": str(cert.cert), "tls_key": str(cert.key), "tls_ca": str(ca.cert)}
     instance = _start(binary, pb2, pb2_grpc, http_extra, tls, **options)
-    pids: list[int] = []
-    try:
+    with shut_down_whole(instance.channel.close):
         yield instance
-        pids = started_pids()
-        pids += [child for pid in pids for child in children_of(pid)]
-    finally:
-        instance.channel.close()
-        swell.shutdown()
-    for pid in pids:
-        wait_until(lambda pid=pid: not pid_alive(pid), 15, f"process {pid} to exit")
 
 
 def _code(call: Any) -> tuple[grpc.StatusCode, str]:
