@@ -19,6 +19,7 @@ from typing import Any
 
 import cloudpickle
 
+from swell._controller.store import SnapshotStore
 from swell._instance import SwellInstance
 from swell.config import ControllerOptions, HTTPOptions
 
@@ -38,36 +39,25 @@ def extend_sys_path(paths: list[str]) -> None:
             sys.path.insert(0, path)
 
 
-class KVCheckpoint:
+class KVCheckpoint(SnapshotStore):
     """The controller's checkpoint in the GCS key-value store (namespace ``swell``)."""
 
-    def __init__(self) -> None:
-        self._last: bytes | None = None
-
-    def load(self) -> dict[str, Any] | None:
+    def _read(self) -> bytes | None:
         from ray.experimental import internal_kv
 
         from swell._ray.cluster import NAMESPACE
 
-        data = internal_kv._internal_kv_get(_CHECKPOINT_KEY, namespace=NAMESPACE)
-        if not data:
-            return None
-        self._last = data
-        snapshot: dict[str, Any] = cloudpickle.loads(data)
-        return snapshot
+        data: bytes | None = internal_kv._internal_kv_get(_CHECKPOINT_KEY, namespace=NAMESPACE)
+        return data or None
 
-    def save(self, snapshot: dict[str, Any]) -> None:
+    def _write(self, data: bytes) -> None:
         from ray.experimental import internal_kv
 
         from swell._ray.cluster import NAMESPACE
 
-        data = cloudpickle.dumps(snapshot)
-        if data == self._last:
-            return
         internal_kv._internal_kv_put(_CHECKPOINT_KEY, data, namespace=NAMESPACE)
-        self._last = data
 
-    def clear(self) -> None:
+    def _delete(self) -> None:
         from ray.experimental import internal_kv
 
         from swell._ray.cluster import NAMESPACE
