@@ -205,33 +205,70 @@ def measure(target: str, url: str, concurrency: int, duration_s: int) -> WrkResu
 # The ceiling ---------------------------------------------------------------------------------
 
 
+def server_command(server: str, port: int) -> list[str]:
+    """The command serving the ceiling app on ``port`` with ``server``: uvicorn (the
+    ceiling), swell (the replicas' own server) or granian (if installed)."""
+    if server == "uvicorn":
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench._ceiling_app:app",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    if server == "swell":
+        return [sys.executable, "-m", "bench._h1_server", HOST, str(port)]
+    if server == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "1",
+            "--no-ws",
+            "--workers",
+            "1",
+            "--runtime-threads",
+            "1",
+            "--log-level",
+            "warning",
+            "bench._ceiling_app:app",
+        ]
+    raise ValueError(f"unknown server {server!r}: uvicorn, swell or granian")
+
+
 @contextlib.contextmanager
-def ceiling_server(workdir: Path) -> Iterator[str]:
-    """HAProxy (swell's rendered settings) before 2 bare uvicorn processes; yields its URL."""
+def ceiling_server(
+    workdir: Path, server: str = "uvicorn", pids: list[int] | None = None
+) -> Iterator[str]:
+    """HAProxy (swell's rendered settings) before 2 bare server processes (uvicorn unless
+    ``server`` says otherwise); yields its URL. ``pids`` gets the servers' and HAProxy's."""
     procs: list[subprocess.Popen[bytes]] = []
-    log = (workdir / "ceiling.log").open("wb")
+    log = (workdir / f"ceiling-{server}.log").open("wb")
     try:
         replica_ports = [free_port(), free_port()]
         for port in replica_ports:
             procs.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "bench._ceiling_app:app",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                        "--loop",
-                        "uvloop",
-                        "--http",
-                        "httptools",
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                    ],
+                    server_command(server, port),
                     cwd=REPO_ROOT,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -242,13 +279,13 @@ def ceiling_server(workdir: Path) -> Iterator[str]:
 
         port = free_port()
         settings = IngressSettings.from_options(
-            HTTPOptions(host=HOST, port=port), str(workdir / "haproxy.sock"), 4096
+            HTTPOptions(host=HOST, port=port), str(workdir / f"haproxy-{server}.sock"), 4096
         )
         servers = tuple(
             ServerEntry(f"r{i}", f"{HOST}:{p}", REPLICA_MAXCONN)
             for i, p in enumerate(replica_ports)
         )
-        config = workdir / "haproxy.cfg"
+        config = workdir / f"haproxy-{server}.cfg"
         config.write_text(
             render(settings, [BackendEntry(app_name="default", route_prefix="/", servers=servers)])
         )
@@ -258,6 +295,8 @@ def ceiling_server(workdir: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         procs.append(haproxy)
+        if pids is not None:
+            pids.extend(proc.pid for proc in procs)
         url = f"http://{HOST}:{port}{QUERY}"
         wait_for_200(url, READY_DEADLINE_S, alive(haproxy))
         check_body(url)

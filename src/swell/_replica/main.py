@@ -35,8 +35,6 @@ def _emit(events_fd: int, event: dict[str, Any]) -> None:
 
 
 async def _serve(spec: Any, events_fd: int, access: Any) -> int:
-    import uvicorn
-
     from swell import multiplex
     from swell._context import ReplicaContext, set_replica_context
     from swell._dataplane.router import ClusterContext
@@ -46,6 +44,7 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     from swell._logging.access import LoggedDispatcher
     from swell._metrics.process import PROCESS
     from swell._replica.fastapi_view import bind_routes_to_instance, resolve_ingress_app
+    from swell._replica.http_server import HTTPServer, LifespanFailed
     from swell._replica.server import ReplicaASGI
     from swell._replica.user_callable import UserCallable
     from swell.deployment import Deployment
@@ -130,33 +129,21 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     control_socket = _listen(spec.host)
     port = user_socket.getsockname()[1]
     app.control_port = control_socket.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        http="httptools",
-        lifespan="on" if ingress_app is not None else "off",
-        access_log=False,
-        log_level="warning",
-        log_config=None,  # uvicorn's records go to the replica's log like every other
+    server = HTTPServer(
         # Longer than HAProxy keeps idle pooled connections (pool-purge-delay 5s), so
         # HAProxy always closes them first.
-        timeout_keep_alive=20,
-        timeout_graceful_shutdown=spec.config.graceful_shutdown_timeout_s or None,
-        server_header=False,
-        date_header=False,
-        # HAProxy sets no X-Forwarded-* headers for us to trust; skip the middleware.
-        proxy_headers=False,
+        keep_alive_s=20,
         # --tls-cert: the user port (HAProxy's hop) and the control port speak TLS.
-        ssl_certfile=tls.cert if tls else None,
-        ssl_keyfile=tls.key if tls else None,
+        ssl_context=tls.server_context() if tls else None,
+        lifespan_app=ingress_app,
+        websocket_app=app if ingress_app is not None else None,
     )
-    server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
 
     def begin_shutdown() -> None:
         app.draining = True
         service.start_draining()  # handle calls go to other replicas from now on
-        server.should_exit = True
+        server.begin_shutdown()
         if grpc_ingress is not None:
             grpc_ingress.begin_stop(spec.config.graceful_shutdown_timeout_s)
 
@@ -165,19 +152,20 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
             loop.remove_reader(0)
             begin_shutdown()
 
+    try:
+        await asyncio.wait_for(
+            server.start([(user_socket, app), (control_socket, app.control)]),
+            _SERVER_START_DEADLINE_S,
+        )
+    except LifespanFailed as error:
+        reason = f"the app's lifespan startup failed: {error}"
+        _emit(events_fd, {"event": "failed", "error": reason})
+        return 1
+    except (OSError, TimeoutError) as error:
+        _emit(events_fd, {"event": "failed", "error": f"the HTTP server did not start: {error!r}"})
+        return 1
     if not spec.survive_controller:
         loop.add_reader(0, on_lifeline_readable)
-    serving = asyncio.create_task(
-        server.serve(sockets=[user_socket, control_socket]), name="swell-replica-http"
-    )
-    deadline = loop.time() + _SERVER_START_DEADLINE_S
-    while not server.started:  # uvicorn offers a flag, not an event, for this
-        if serving.done() or loop.time() > deadline:
-            server.should_exit = True
-            _emit(events_fd, {"event": "failed", "error": "the HTTP server did not start"})
-            return 1
-        await asyncio.sleep(0.005)
-    # uvicorn installed its own handlers inside serve(); ours also marks the replica draining.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, begin_shutdown)
     # Everything built so far (modules, the user's model) lives as long as the replica: out
@@ -196,7 +184,7 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
             "grpc_port": grpc_ingress.port if grpc_ingress is not None else None,
         },
     )
-    await serving
+    await server.serve_until_shutdown(spec.config.graceful_shutdown_timeout_s or None)
     if grpc_ingress is not None:
         await grpc_ingress.wait_stopped(spec.config.graceful_shutdown_timeout_s)
     # HTTP has drained; let in-flight handle calls finish within the same grace period.

@@ -26,6 +26,12 @@ _TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 _BYTES_HEADERS = [(b"content-type", b"application/octet-stream")]
 
 
+# One encoder for every response: ``json.dumps`` with options builds a new one per call.
+_JSON = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=jsonable
+).encode
+
+
 def encode_plain(result: Any) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
     """Headers and body for the common return types, without building a Response object.
 
@@ -42,9 +48,7 @@ def encode_plain(result: Any) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
     try:
         # ``default`` runs only for values json cannot encode itself: dicts, lists, numbers
         # and strings take json's C path as before.
-        body = json.dumps(
-            result, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=jsonable
-        )
+        body = _JSON(result)
     except (TypeError, ValueError) as error:
         raise TypeError(
             f"Cannot turn a return value of type {type(result).__name__} into an HTTP "

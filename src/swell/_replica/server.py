@@ -136,7 +136,9 @@ class ReplicaASGI:
         # ASGI 2.4: the guard's send raises OSError once the client is gone (and its watcher
         # cancels the handler), so a StreamingResponse needs no disconnect listener task of its
         # own per response (Starlette starts one, with a task group, below 2.4).
-        scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.4"}
+        asgi = scope.get("asgi")
+        if asgi is None or asgi.get("spec_version") != "2.4":
+            scope["asgi"] = {**(asgi or {}), "spec_version": "2.4"}
         slow = self.slow
         slow.note(guard, started, guard.start_watching)
         status: int | str = 0
