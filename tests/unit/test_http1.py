@@ -82,20 +82,26 @@ async def hello(scope: Message, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def test_a_whole_body_gets_a_content_length_and_keep_alive_serves_the_next_request() -> None:
+def test_a_whole_body_gets_a_content_length_in_one_write_and_keep_alive_serves_the_next() -> None:
+    writes: list[bytes] = []
+
     async def main() -> None:
-        async with serving(hello) as (port, _):
+        async with serving(hello) as (port, server):
             reader, writer = await _connect(port)
-            for path in (b"/a?x=1", b"/b%20c"):
+            for i, path in enumerate((b"/a?x=1", b"/b%20c")):
                 writer.write(b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n\r\n")
                 status, headers, body = await _response(reader)
                 assert status == b"HTTP/1.1 200 OK"
                 assert b"transfer-encoding" not in headers
                 assert int(headers[b"content-length"]) == len(body)
+                if i == 0:  # count the second response's writes
+                    conn = next(iter(server._state.connections))  # type: ignore[union-attr]
+                    conn.transport = _CountingTransport(conn.transport, writes)  # type: ignore[assignment]
             assert body == b"GET /b c?"
             writer.close()
 
     run(main)
+    assert len(writes) == 1, writes  # status line, headers and body together
 
 
 def test_pipelined_requests_are_answered_in_order() -> None:

@@ -47,3 +47,23 @@ def test_a_watch_asked_for_while_the_app_reads_starts_even_if_that_read_is_cance
         assert guard.disconnected
 
     asyncio.run(main())
+
+
+def test_a_send_the_server_refuses_because_the_client_left_marks_the_request_disconnected() -> None:
+    """swell's server raises OSError from send() once the client is gone (ASGI 2.4), often
+    before any receive() has seen the disconnect: the request ends as a disconnect (499, not
+    logged as a failure)."""
+
+    async def gone(message: Message) -> None:
+        raise OSError("the client has disconnected")
+
+    async def nothing() -> Message:
+        raise AssertionError("not read")
+
+    async def main() -> None:
+        guard = RequestGuard(nothing, gone, None)
+        with pytest.raises(OSError):
+            await guard.send({"type": "http.response.body", "body": b"x", "more_body": True})
+        assert guard.disconnected
+
+    asyncio.run(main())

@@ -117,7 +117,11 @@ class RequestGuard:
             self.status = message["status"]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.response_done = True
-        await self._send(message)
+        try:
+            await self._send(message)
+        except OSError:
+            self.disconnected = True  # the server found the client gone first
+            raise
 
     # The watcher --------------------------------------------------------------------------
 
