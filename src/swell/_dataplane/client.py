@@ -17,7 +17,6 @@ from swell._dataplane.wire import (
     CREDIT,
     LOAD,
     MAX_STREAM_ID,
-    STREAM_WINDOW,
     FrameReader,
     FrameWriter,
     Kind,
@@ -115,10 +114,10 @@ class StreamCall(Call):
 
     def __init__(self, connection: Connection, stream_id: int) -> None:
         super().__init__(connection, stream_id)
-        # Items, or the error that ends the stream (ConnectionLost, CallExpired).
+        # ITEMS, ITEM and END frames, or the error that ends the stream (ConnectionLost,
+        # CallExpired).
         self.items: deque[tuple[Kind, bytes] | Exception] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._consumed = 0
 
     def _push(self, entry: tuple[Kind, bytes] | Exception) -> None:
         self.items.append(entry)
@@ -139,13 +138,12 @@ class StreamCall(Call):
         self._push(error)
 
     def grant(self, count: int) -> None:
+        """The consumer took ``count`` more items: the callee may send that many more."""
         self._connection.send(self.stream_id, Kind.CREDIT, CREDIT.pack(count))
 
     def take(self) -> tuple[Kind, bytes] | None:
-        """The next ITEM or END if one is here (None if not); raises what ended the stream.
-
-        Credit is granted as items are taken, half a window at a time.
-        """
+        """The next frame (ITEMS, ITEM or END) if one is here (None if not); raises what
+        ended the stream."""
         items = self.items
         if not items:
             return None
@@ -153,11 +151,6 @@ class StreamCall(Call):
         if isinstance(entry, Exception):
             items.appendleft(entry)  # every later take raises it too
             raise entry
-        if entry[0] is Kind.ITEM:
-            self._consumed += 1
-            if self._consumed >= STREAM_WINDOW // 2:
-                self.grant(self._consumed)
-                self._consumed = 0
         return entry
 
     async def wait(self, deadlines: Deadlines, timeout_s: float) -> tuple[Kind, bytes]:

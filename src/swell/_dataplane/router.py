@@ -41,7 +41,7 @@ from swell._dataplane.client import (
 )
 from swell._dataplane.handshake import HandshakeError
 from swell._dataplane.multiplex_choice import choose_for_model, parse_models
-from swell._dataplane.wire import Kind
+from swell._dataplane.wire import STREAM_WINDOW, Kind
 from swell._protocol import CLUSTER_TOKEN_HEADER, DEMAND_PREFIX, REPLICA_SETS_PREFIX
 from swell.context import call_metadata
 from swell.exceptions import BackPressureError, ReplicaUnavailableError, RequestTimeoutError
@@ -506,6 +506,10 @@ class Router:
         assert isinstance(call, StreamCall)
         self._deadlines.discard(call)  # from here each wait for an item has its own
         deadlines = self._deadlines
+        # Credit goes back as the consumer takes items, half a window at a time: the callee
+        # never has more than STREAM_WINDOW items ahead of the consumer.
+        half_window = STREAM_WINDOW // 2
+        consumed = 0
         try:
             while True:
                 kind, message = call.take() or await call.wait(deadlines, timeout_s)
@@ -513,7 +517,17 @@ class Router:
                     if message:
                         codec.decode(message, method, replica_id)  # raises the remote error
                     return
-                yield codec.decode(message, method, replica_id)
+                items, failure = codec.decode_items(
+                    message, kind is Kind.ITEMS, method, replica_id
+                )
+                for item in items:
+                    yield item
+                    consumed += 1
+                    if consumed == half_window:
+                        call.grant(consumed)
+                        consumed = 0
+                if failure is not None:
+                    raise failure
         except ConnectionLost:
             raise ReplicaUnavailableError(
                 f"replica {replica_id} went away during the stream"

@@ -293,10 +293,19 @@ class _Connection:
             try:
                 frames = self._frames
                 transport = self._writer.transport
+                scalars = codec.SCALARS
                 async for item in dispatcher.stream(method, args, kwargs):
                     if not credit.try_take():
-                        await credit.take()
-                    frames.write(stream_id, Kind.ITEM, codec.encode_result(item))
+                        await credit.take()  # the batch so far goes out meanwhile
+                    # Batched: out when the generator next waits (or past HOLD_BYTES).
+                    cls = type(item)
+                    if cls is str:
+                        frames.item(stream_id, item, 4 * len(item))  # UTF-8: at most 4 each
+                    elif cls in scalars:
+                        frames.item(stream_id, item, len(item) if cls is bytes else 0)
+                    else:
+                        encoded = codec.Encoded(codec.dumps(item))  # as it is now
+                        frames.item(stream_id, encoded, len(encoded.data))
                     if transport.get_write_buffer_size() > _DRAIN_ABOVE_BYTES:
                         await self._writer.drain()
                 end = b""

@@ -20,8 +20,9 @@ Then, client → server: CALL (a unary call), STREAM (a streaming call), CREDIT 
 can take that many more items), CANCEL.
 Server → client: ACCEPTED (admitted; ahead of any other frame of the call; carries the
 replica's load), REJECTED (not admitted: try another replica; one byte says why, see
-``Rejection``), RESULT, ITEM, END (a stream finished; its payload is empty or an encoded
-error), and MODELS on stream 0 (the model ids the replica holds, a JSON list: sent when the
+``Rejection``), RESULT, ITEMS (the items a stream's generator yielded since the last send, as
+one pickled list, see ``codec.encode_items``), ITEM (one item alone, its own pickle), END (a
+stream finished; its payload is empty or an encoded error), and MODELS on stream 0 (the model ids the replica holds, a JSON list: sent when the
 connection opens if it holds any, and whenever they change, so callers send a model's calls
 where it is loaded). A CALL or STREAM payload is (method, args, kwargs), or (method, args,
 kwargs, model id) for a call made with ``multiplexed_model_id``.
@@ -34,6 +35,9 @@ import struct
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from ssl import SSLContext
+from typing import Any
+
+from swell._dataplane.codec import encode_items
 
 HEADER = struct.Struct("!IBI")
 _HEADER_BYTES = HEADER.size
@@ -59,9 +63,12 @@ class Kind(IntEnum):
     ACCEPTED = 10
     REJECTED = 11
     RESULT = 12
-    ITEM = 13
+    # 13 was ITEM with an (ok, value) payload before items were batched: a peer that still
+    # sends it breaks the protocol loudly instead of being misread.
     END = 14
     MODELS = 15
+    ITEM = 16
+    ITEMS = 17
 
 
 # Frame kinds by their byte, so a received frame's kind costs a dict lookup, not an enum call.
@@ -140,14 +147,25 @@ class FrameWriter:
     iteration instead of one per frame saves a system call for each of them. Headers and
     payloads are queued as they are and joined once, so a payload is copied once on its way
     to the socket. ``count`` counts the sends.
+
+    A stream's items (``item``) are held in a batch that takes the place of one frame among
+    the others and is encoded as the iteration's frames go out: the items a generator yields
+    without waiting cost one frame, one pickle and one wake-up of the caller together.
     """
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "count", "writer")
+    __slots__ = ("_batches", "_held", "_loop", "_pending", "_scheduled", "count", "writer")
+
+    # Batched item bytes (roughly) past which the batches go out at once rather than at the
+    # end of the iteration, so a stream of large items is written (and drained) as it goes.
+    HOLD_BYTES = 65536
 
     def __init__(self, writer: asyncio.StreamWriter, count: SendCount | None = None) -> None:
         self.writer = writer
         self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] = []
+        # stream id -> (its frame's place in _pending, the items so far)
+        self._batches: dict[int, tuple[int, list[Any]]] = {}
+        self._held = 0
         self._scheduled = False
         self.count = SendCount() if count is None else count
 
@@ -166,8 +184,39 @@ class FrameWriter:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
+    def item(self, stream_id: int, item: Any, size: int) -> None:
+        """Add an item (a scalar or a ``codec.Encoded``, at most ``size`` bytes) to its stream's batch."""
+        if size > MAX_FRAME_BYTES - 65536:
+            raise ValueError(f"a stream item of {size} bytes is over the 4 GiB frame limit")
+        batch = self._batches.get(stream_id)
+        if batch is None:
+            pending = self._pending
+            self._batches[stream_id] = (len(pending), [item])
+            pending.append(b"")  # the batch's place, filled when it goes out
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self.flush)
+        else:
+            batch[1].append(item)
+        if size > 64:
+            self._held += size
+            if self._held > self.HOLD_BYTES:
+                self.flush()
+
+    def _encode_batches(self) -> None:
+        pending = self._pending
+        # Last place first, so filling one with two entries leaves the earlier places valid.
+        for stream_id, (place, items) in reversed(self._batches.items()):
+            batch, payload = encode_items(items)
+            header = HEADER.pack(stream_id, Kind.ITEMS if batch else Kind.ITEM, len(payload))
+            pending[place : place + 1] = (header, payload)
+        self._batches.clear()
+        self._held = 0
+
     def flush(self) -> None:
         self._scheduled = False
+        if self._batches:
+            self._encode_batches()
         if self._pending:
             data = b"".join(self._pending)
             self._pending.clear()
