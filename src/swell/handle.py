@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from asyncio.events import _get_running_loop
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterator
 from typing import Any
 
 from swell import _local_testing
@@ -229,7 +229,7 @@ class DeploymentResponseGenerator:
     async def _open(self) -> AsyncIterator[Any]:
         if self._stream is None:
             args, kwargs = await _resolve_arguments(self._args, self._kwargs)
-            router = _router(self._handle.app_name, self._handle.deployment_name)
+            router = self._handle._router()
             self._stream = router.stream(
                 self._handle.method_name,
                 args,
@@ -246,10 +246,16 @@ class DeploymentResponseGenerator:
     def __aiter__(self) -> DeploymentResponseGenerator:
         return self
 
-    async def __anext__(self) -> Any:
+    def __anext__(self) -> Awaitable[Any]:
+        stream = self._stream
+        if stream is not None and self._in_loop:
+            # The router's own step, not a coroutine around it: no layer per item.
+            return stream.__anext__()
+        return self._anext_slowly()
+
+    async def _anext_slowly(self) -> Any:
         if self._in_loop:
-            stream = self._stream if self._stream is not None else await self._open()
-            return await stream.__anext__()
+            return await (await self._open()).__anext__()
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
 

@@ -51,11 +51,16 @@ class UnloadableError(Exception):
 
 @dataclass
 class RecordingDispatcher:
-    """A deployment whose every call is recorded; ``hang`` and ``stall`` wait to be cancelled."""
+    """A deployment whose every call is recorded; ``hang`` and ``stall`` wait to be cancelled.
+
+    A stream yields ``range(args[0])``, then per method: ``stall`` waits, ``unloadable_last``
+    yields what the caller cannot unpickle, ``unpicklable_last`` what the callee cannot pickle.
+    """
 
     calls: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     release: asyncio.Event | None = None
+    produced: int = 0  # items the streams have yielded so far
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.calls.append(method)
@@ -81,8 +86,23 @@ class RecordingDispatcher:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         self.calls.append(method)
+        if method == "mutated":  # one list, yielded again after each change
+            same: list[int] = []
+            for index in range(args[0]):
+                same.append(index)
+                yield same
+            return
+        if method == "blobs":  # args[0] items of args[1] bytes each
+            for index in range(args[0]):
+                yield bytes([index % 256]) * args[1]
+            return
         for index in range(args[0]):
+            self.produced += 1
             yield index
+        if method == "unloadable_last":
+            yield Unloadable()
+        if method == "unpicklable_last":
+            yield threading.Lock()
         if method == "stall":
             try:
                 await asyncio.sleep(3600)

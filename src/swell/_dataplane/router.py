@@ -517,9 +517,7 @@ class Router:
                     if message:
                         codec.decode(message, method, replica_id)  # raises the remote error
                     return
-                items, failure = codec.decode_items(
-                    message, kind is Kind.ITEMS, method, replica_id
-                )
+                items, failure = codec.decode_items(message, kind is Kind.ITEMS, method, replica_id)
                 for item in items:
                     yield item
                     consumed += 1

@@ -22,10 +22,11 @@ Server → client: ACCEPTED (admitted; ahead of any other frame of the call; car
 replica's load), REJECTED (not admitted: try another replica; one byte says why, see
 ``Rejection``), RESULT, ITEMS (the items a stream's generator yielded since the last send, as
 one pickled list, see ``codec.encode_items``), ITEM (one item alone, its own pickle), END (a
-stream finished; its payload is empty or an encoded error), and MODELS on stream 0 (the model ids the replica holds, a JSON list: sent when the
-connection opens if it holds any, and whenever they change, so callers send a model's calls
-where it is loaded). A CALL or STREAM payload is (method, args, kwargs), or (method, args,
-kwargs, model id) for a call made with ``multiplexed_model_id``.
+stream finished; its payload is empty or an encoded error), and MODELS on stream 0 (the
+model ids the replica holds, a JSON list: sent when the connection opens if it holds any,
+and whenever they change, so callers send a model's calls where it is loaded). A CALL or
+STREAM payload is (method, args, kwargs), or (method, args, kwargs, model id) for a call made
+with ``multiplexed_model_id``.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class FrameWriter:
             self._loop.call_soon(self.flush)
 
     def item(self, stream_id: int, item: Any, size: int) -> None:
-        """Add an item (a scalar or a ``codec.Encoded``, at most ``size`` bytes) to its stream's batch."""
+        """Add ``item`` (a scalar or a ``codec.Encoded``, ``size`` bytes at most) to its batch."""
         if size > MAX_FRAME_BYTES - 65536:
             raise ValueError(f"a stream item of {size} bytes is over the 4 GiB frame limit")
         batch = self._batches.get(stream_id)

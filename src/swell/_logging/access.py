@@ -73,7 +73,14 @@ class LoggedDispatcher:
         finally:
             self._access.call(method, _outcome(error), started)
 
-    async def stream(
+    def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        if not self._access.enabled:
+            return self._dispatcher.stream(method, args, kwargs)  # no layer per item
+        return self._logged_stream(method, args, kwargs)
+
+    async def _logged_stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         started = time.perf_counter()

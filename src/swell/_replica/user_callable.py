@@ -33,6 +33,12 @@ async def call_maybe_sync(
     return result
 
 
+async def _raising(error: Exception) -> AsyncIterator[Any]:
+    """A stream whose first step raises ``error``."""
+    raise error
+    yield  # an async generator, never reached
+
+
 def _seeing_loop(loop: asyncio.AbstractEventLoop, cls: Callable[..., Any]) -> Callable[..., Any]:
     """``cls`` for a worker thread in which ``asyncio.get_running_loop()`` is the replica's loop.
 
@@ -173,11 +179,31 @@ class UserCallable:
             )
         return result
 
-    async def stream(
+    def stream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        """A streaming handle call: each item the method's (async) generator yields."""
-        fn = self._method(method)
+        """A streaming handle call: each item the method's (async) generator yields.
+
+        An async generator method's own generator is returned, with no layer around it to
+        step through for every item. Errors (no such method, wrong arguments) are raised
+        by the first step, as from any other method.
+        """
+        try:
+            fn = self._method(method)
+            if inspect.isasyncgenfunction(fn):
+                generator: AsyncIterator[Any] = fn(*args, **kwargs)
+                return generator
+        except Exception as error:
+            return _raising(error)
+        return self._stream(method, fn, args, kwargs)
+
+    async def _stream(
+        self,
+        method: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[Any]:
         result = fn(*args, **kwargs)
         if inspect.iscoroutine(result):
             result = await result
