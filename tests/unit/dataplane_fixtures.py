@@ -54,7 +54,8 @@ class RecordingDispatcher:
     """A deployment whose every call is recorded; ``hang`` and ``stall`` wait to be cancelled.
 
     A stream yields ``range(args[0])``, then per method: ``stall`` waits, ``unloadable_last``
-    yields what the caller cannot unpickle, ``unpicklable_last`` what the callee cannot pickle.
+    (``unloadable_alone``: in a batch of its own) yields what the caller cannot unpickle,
+    ``unpicklable_last`` what the callee cannot pickle. ``items`` yields ``args[0]``'s items.
     """
 
     calls: list[str] = field(default_factory=list)
@@ -92,6 +93,10 @@ class RecordingDispatcher:
                 same.append(index)
                 yield same
             return
+        if method == "items":  # the items the caller passed, as they are
+            for item in args[0]:
+                yield item
+            return
         if method == "blobs":  # args[0] items of args[1] bytes each
             for index in range(args[0]):
                 yield bytes([index % 256]) * args[1]
@@ -100,6 +105,9 @@ class RecordingDispatcher:
             self.produced += 1
             yield index
         if method == "unloadable_last":
+            yield Unloadable()
+        if method == "unloadable_alone":  # sent on its own, after the others
+            await asyncio.sleep(0)
             yield Unloadable()
         if method == "unpicklable_last":
             yield threading.Lock()

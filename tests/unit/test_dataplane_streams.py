@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from swell._dataplane.router import Router
 from swell._dataplane.wire import STREAM_WINDOW, FrameWriter
 from swell.exceptions import RemoteError, SerializationError
@@ -50,16 +52,35 @@ def test_each_item_is_what_it_was_when_yielded() -> None:
     run(scenario())
 
 
-def test_items_before_one_the_caller_cannot_unpickle_still_arrive_in_order() -> None:
+def test_scalars_and_other_items_mixed_in_a_batch_arrive_in_order() -> None:
+    sent = [1, "two", {"three": [3]}, None, b"five", 6.5, True, ("eight",), [9], 2**70]
+
+    async def scenario() -> None:
+        replica, router = await _started()
+        try:
+            received = [item async for item in router.stream("items", (sent,), {}, 30.0)]
+            assert received == sent
+            assert [type(item) for item in received] == [type(item) for item in sent]
+        finally:
+            await router.close()
+            await stop_replica(replica)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("method", ["unloadable_last", "unloadable_alone"])
+def test_items_before_one_the_caller_cannot_unpickle_still_arrive_in_order(method: str) -> None:
+    """In a batch with others (ITEMS) or alone (ITEM): the items before it, then the error."""
+
     async def scenario() -> None:
         replica, router = await _started()
         received: list[object] = []
         try:
             try:
-                async for item in router.stream("unloadable_last", (5,), {}, 30.0):
+                async for item in router.stream(method, (5,), {}, 30.0):
                     received.append(item)
             except SerializationError as error:
-                assert "unloadable_last" in str(error)
+                assert method in str(error)
             else:
                 raise AssertionError("the item that cannot be unpickled raised nothing")
             assert received == [0, 1, 2, 3, 4]
