@@ -12,7 +12,7 @@ import pytest
 
 from swell._dataplane.router import Router
 from swell._dataplane.wire import STREAM_WINDOW, FrameWriter
-from swell.exceptions import RemoteError, SerializationError
+from swell.exceptions import RemoteError, ReplicaUnavailableError, SerializationError
 from tests.unit.dataplane_fixtures import Replica, router_for, start_replica, stop_replica
 
 
@@ -166,5 +166,29 @@ def test_a_slow_consumer_holds_the_callee_within_the_credit_window() -> None:
             await stream.aclose()  # type: ignore[attr-defined]
             await router.close()
             await stop_replica(replica)
+
+    run(scenario())
+
+
+def test_a_replica_that_goes_away_mid_stream_ends_it_after_the_items_it_sent() -> None:
+    async def scenario() -> None:
+        replica, router = await _started()
+        stream = router.stream("stall", (3,), {}, 30.0)
+        received: list[object] = []
+        try:
+            received += [await anext(stream) for _ in range(3)]
+            await stop_replica(replica)  # closes its connections with the call running
+            try:
+                received.append(await anext(stream))
+            except ReplicaUnavailableError as error:
+                assert "went away during the stream" in str(error)
+            else:
+                raise AssertionError("a stream from a replica that went away did not fail")
+            assert received == [0, 1, 2]
+            # Its generator was cancelled.
+            await _until(lambda: replica.dispatcher.cancelled == ["stall"], "the stall cancelled")
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            await router.close()
 
     run(scenario())
