@@ -1,13 +1,15 @@
-"""The hello and compose apps written for Ray Serve itself (``from ray import serve``), for
-bench_ray.py's Ray Serve rows: the same shapes and answers as examples/hello.py and
-bench/apps.py, so every target answers the same bytes."""
+"""The benchmark apps written for Ray Serve itself (``from ray import serve``), for the Ray
+Serve rows of bench_ray.py and bench_all.py: the same shapes and answers as examples/hello.py
+and bench/apps.py, so every target answers the same bytes."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 
 @serve.deployment(max_ongoing_requests=100)
@@ -35,3 +37,42 @@ class Ingress:
     async def __call__(self, request: Request) -> dict[str, str]:
         name = request.query_params.get("name", "world")
         return {"message": await self.model.predict.remote(name)}
+
+
+@serve.deployment(max_ongoing_requests=100)
+class Tokens:
+    """Streams 32 chunks straight to the client (bench/apps.py's Tokens)."""
+
+    async def __call__(self, request: Request) -> StreamingResponse:
+        chunks = int(request.query_params.get("n", 32))
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(chunks):
+                yield f"tok{i} ".encode()
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+
+@serve.deployment(max_ongoing_requests=100)
+class TokenModel:
+    async def tokens(self, n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            yield f"tok{i} "
+
+
+@serve.deployment(max_ongoing_requests=200)
+class StreamIngress:
+    """Relays the model's ``tokens`` to the client (bench/apps.py's StreamIngress)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    async def __call__(self, request: Request) -> StreamingResponse:
+        chunks = int(request.query_params.get("n", 32))
+        stream = self.model.options(stream=True).tokens.remote(chunks)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for token in stream:
+                yield token.encode()
+
+        return StreamingResponse(body(), media_type="text/plain")

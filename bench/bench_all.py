@@ -11,7 +11,9 @@ handle call per request to 2 model replicas, Ray's benchmark shape), ``stream`` 
 streaming 32 chunks straight to the client) and ``stream-handle`` (1 ingress relaying the 32
 chunks of a model's async generator, 2 model replicas: the LLM path). At each concurrency the
 ceiling and swell alternate (A B A B, ``--rounds`` times each), so a neighbour's load on a
-shared machine hits both alike; read the ratios.
+shared machine hits both alike; read the ratios. ``--ray-serve`` adds Ray Serve in HA mode
+(one local Ray node, ``_rayserve_local.py``, the same apps written for Ray) as a third target
+in every round (A B C), and a table of swell ÷ Ray Serve.
 
 Beside req/s and latency, each run reads ``/proc/<pid>/stat`` (utime + stime) of every process
 serving it before and after, and prints CPU ms per request per process: HAProxy, each
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +47,8 @@ from bench._common import (  # noqa: E402
     RESULTS_DIR,
     WrkResult,
     ceiling_server,
+    check_body,
+    free_port,
 )
 from bench.apps import (  # noqa: E402
     STREAM_CHUNKS,
@@ -136,6 +141,7 @@ class Level:
     concurrency: int
     ceiling: list[Run] = field(default_factory=list)
     swell: list[Run] = field(default_factory=list)
+    rayserve: list[Run] = field(default_factory=list)
 
 
 def measured(target: str, url: str, concurrency: int, duration_s: int, processes: Processes) -> Run:
@@ -177,6 +183,30 @@ def _cpu(runs: list[Run]) -> str:
     parts = [f"{statistics.mean(r.cpu_ms.get(k, 0.0) for r in runs):.3f} {k}" for k in labels]
     total = statistics.mean(r.cpu_ms["total"] for r in runs)
     return f"**{total:.3f}** ({', '.join(parts)})"
+
+
+def ray_table(levels: list[Level]) -> str:
+    """swell against Ray Serve HA, measured in the same rounds (``--ray-serve``)."""
+    lines = [
+        "| workload | c | Ray Serve HA req/s | swell ÷ Ray Serve | Ray p50 / p99 ms "
+        "| Ray CPU ms/req (all of Ray's processes) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for level in levels:
+        if not level.rayserve:
+            continue
+        ratios = [
+            s.wrk.requests_per_s / r.wrk.requests_per_s if r.wrk.requests_per_s else 0.0
+            for s, r in zip(level.swell, level.rayserve, strict=True)
+        ]
+        p50 = statistics.median(r.wrk.p50_ms for r in level.rayserve)
+        p99 = statistics.median(r.wrk.p99_ms for r in level.rayserve)
+        cpu = statistics.mean(r.cpu_ms["total"] for r in level.rayserve)
+        lines.append(
+            f"| {level.workload} | {level.concurrency} | {_rates(level.rayserve)} "
+            f"| {' / '.join(f'{r:.1f}' for r in ratios)} | {p50:.2f} / {p99:.2f} | {cpu:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(levels: list[Level]) -> str:
@@ -228,6 +258,37 @@ def _swell_processes(app: str, before: set[int]) -> Processes:
     return Processes(labels)
 
 
+@contextlib.contextmanager
+def _ray_serve(enabled: bool) -> Iterator[tuple[dict[str, str], Processes | None]]:
+    """Ray Serve HA on one local node (``_rayserve_local.py``), when asked for."""
+    if not enabled:
+        yield {}, None
+        return
+    script = Path(__file__).resolve().parent / "_rayserve_local.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(free_port())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"Ray Serve did not start (exit {proc.wait(60)})")
+        urls: dict[str, str] = json.loads(line)["urls"]
+        for workload, url in urls.items():
+            check_body(url, stream_body() if workload.startswith("stream") else EXPECTED_BODY)
+        yield urls, Processes({pid: "ray" for pid in descendants(proc.pid) | {proc.pid}})
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
@@ -235,6 +296,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="A B pairs per level")
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help=f"a subset of {','.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--ray-serve",
+        action="store_true",
+        help="also measure Ray Serve HA (one local Ray node) in every round: A B C",
     )
     args = parser.parse_args()
     levels_c = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -261,6 +327,7 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="swell-bench-") as tmp,
         _ceiling(Path(tmp)) as (ceiling_url, ceiling_procs),
+        _ray_serve(args.ray_serve) as (ray_urls, ray_procs),
     ):
         base = ceiling_url.split("/?")[0]
         before_swell = descendants(os.getpid())
@@ -279,9 +346,17 @@ def main() -> int:
                             measured("ceiling", target, c, args.duration, ceiling_procs)
                         )
                         level.swell.append(measured(workload, url, c, args.duration, processes))
+                        if ray_procs is not None:
+                            level.rayserve.append(
+                                measured(
+                                    "rayserve", ray_urls[workload], c, args.duration, ray_procs
+                                )
+                            )
                     results.append(level)
                 swell.delete(name)
     markdown = table(results)
+    if args.ray_serve:
+        markdown += "\n\n" + ray_table(results)
     print(f"\n{header}\n\n{markdown}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"all-{time.strftime('%Y%m%d-%H%M%S')}.json"
