@@ -10,6 +10,9 @@ KubeRay and Ray Serve's samples put them on every Ray container and users copy t
 - ``RAY_SERVE_ENABLE_HA_PROXY`` and ``RAY_SERVE_THROUGHPUT_OPTIMIZED``: Ray Serve's switches for
   its HAProxy ingress and direct replica calls. swell always works that way, so they are
   accepted whatever their value, noted once in the log, and otherwise ignored.
+- ``RAY_SERVE_RUN_SYNC_IN_THREADPOOL``: read by each replica, as Ray's replicas read it. ``1``
+  (the default, as in Ray) runs plain ``def`` methods in a worker thread; ``0`` runs them on
+  the replica's event loop, which saves the thread hand-off and blocks the replica meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ logger = logging.getLogger("swell")
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
 AUTH_TOKEN_VAR = "RAY_AUTH_TOKEN"
 IGNORED_SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
+SYNC_IN_THREADPOOL_VAR = "RAY_SERVE_RUN_SYNC_IN_THREADPOOL"
 
 
 def ray_auth_token(environ: Mapping[str, str] | None = None) -> str | None:
@@ -54,3 +58,18 @@ def note_ignored_switches(environ: Mapping[str, str] | None = None) -> list[str]
             ", ".join(f"{name}={env[name]!r}" for name in present),
         )
     return present
+
+
+def run_sync_in_threadpool(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether plain ``def`` methods run in worker threads (``RAY_SERVE_RUN_SYNC_IN_THREADPOOL``,
+    default ``1`` as in Ray), or on the replica's event loop (``0``)."""
+    env = os.environ if environ is None else environ
+    value = env.get(SYNC_IN_THREADPOOL_VAR, "1").strip().lower()
+    if value in ("1", "true"):
+        return True
+    if value in ("0", "false"):
+        return False
+    raise ConfigError(
+        f"{SYNC_IN_THREADPOOL_VAR}={env[SYNC_IN_THREADPOOL_VAR]!r}: use 1 (plain def methods "
+        "run in worker threads, the default) or 0 (they run on the replica's event loop)"
+    )

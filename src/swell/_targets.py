@@ -109,6 +109,7 @@ def deployment_targets(
             raise ConfigError(
                 f"The arguments bound to deployment '{dep.name}' cannot be pickled: {error}"
             ) from error
+        own_env = _deployment_runtime_env(dep.name, config)
         digest = code_version(dep, ref, init_args, config, env)
         targets.append(
             DeploymentTarget(
@@ -118,11 +119,25 @@ def deployment_targets(
                 config=config,
                 is_ingress=node is app.root,
                 version=digest,
-                env_vars=dict(env.env_vars),
-                working_dir=env.working_dir,
+                env_vars={**env.env_vars, **own_env.env_vars},
+                working_dir=own_env.working_dir or env.working_dir,
             )
         )
     return targets
+
+
+def _deployment_runtime_env(name: str, config: Any) -> RuntimeEnv:
+    """``ray_actor_options.runtime_env`` of one deployment: as in Ray, its ``env_vars`` are
+    added to (and win over) the application's, and its ``working_dir`` replaces the app's."""
+    raw = config.ray_actor_options.get("runtime_env")
+    if not raw:
+        return RuntimeEnv()
+    try:
+        return RuntimeEnv.model_validate(raw)
+    except ValueError as error:
+        raise ConfigError(
+            f"deployment '{name}': ray_actor_options.runtime_env is not valid: {error}"
+        ) from error
 
 
 def prepare_config(config: ServeConfig) -> list[tuple[RunOptions, list[DeploymentTarget]]]:

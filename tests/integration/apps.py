@@ -10,15 +10,16 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 import swell
+from swell import Deployment, DeploymentHandle
 
 
 @swell.deployment(num_replicas=2, max_ongoing_requests=100)
@@ -426,3 +427,37 @@ class Fragile:
 
 
 fragile_app = Fragile.bind()
+
+
+@swell.deployment
+class Peer:
+    def __call__(self) -> str:
+        return "peer"
+
+
+@swell.deployment
+class WhereSyncRuns:
+    """Where plain def methods run: the replica's main thread (its loop) or a worker thread."""
+
+    def __init__(self, peer: DeploymentHandle) -> None:
+        self.peer = peer
+
+    def __call__(self, request: Request) -> dict[str, Any]:
+        answer: dict[str, Any] = {"on_loop": threading.current_thread() is threading.main_thread()}
+        try:
+            answer["peer"] = self.peer.remote().result(timeout_s=10)
+        except RuntimeError as error:
+            answer["peer"] = f"RuntimeError: {error}"
+        return answer
+
+    def tokens(self, n: int) -> Iterator[str]:
+        on_loop = threading.current_thread() is threading.main_thread()
+        for i in range(n):
+            yield f"{i}:{on_loop}"
+
+
+def sync_placement_app(threadpool: str | None) -> swell.Application:
+    """WhereSyncRuns with RAY_SERVE_RUN_SYNC_IN_THREADPOOL set to ``threadpool`` (None: unset)."""
+    env = {} if threadpool is None else {"RAY_SERVE_RUN_SYNC_IN_THREADPOOL": threadpool}
+    options = {"runtime_env": {"env_vars": env}}
+    return cast(Deployment, WhereSyncRuns).options(ray_actor_options=options).bind(Peer.bind())

@@ -278,3 +278,28 @@ def test_kept_alive_clients_lose_no_request_across_route_changes(serve: Swell) -
         for worker in workers:
             worker.join(30)
     assert failures == [], failures
+
+
+@pytest.mark.parametrize("threadpool", [None, "1", "0"])
+def test_ray_serve_run_sync_in_threadpool_decides_where_plain_methods_run(
+    serve: Swell, threadpool: str | None
+) -> None:
+    """Ray's switch, read by each replica: unset or 1, plain def methods run in worker
+    threads (and may block on a handle call's result); 0, they run on the replica's loop,
+    where blocking on a result would hang the replica, so result() says so instead."""
+    swell.run(apps.sync_placement_app(threadpool))
+    answer = serve.client.get("/").json()
+    on_loop = threadpool == "0"
+    assert answer["on_loop"] is on_loop
+    if on_loop:
+        assert answer["peer"].startswith("RuntimeError: result() would block the event loop")
+    else:
+        assert answer["peer"] == "peer"
+    handle = swell.get_app_handle("default")
+    items = list(handle.options(stream=True).tokens.remote(3))
+    assert items == [f"{i}:{on_loop}" for i in range(3)]
+
+
+def test_a_bad_run_sync_in_threadpool_value_is_named(serve: Swell) -> None:
+    with pytest.raises(Exception, match="RAY_SERVE_RUN_SYNC_IN_THREADPOOL='yes'"):
+        swell.run(apps.sync_placement_app("yes"))

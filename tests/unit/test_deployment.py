@@ -156,6 +156,22 @@ def test_handles_point_at_renamed_deployments() -> None:
     assert [handle.deployment_name for handle in args] == ["Model", "Model_1"]
 
 
+def test_a_deployments_own_runtime_env_adds_to_the_applications_and_wins() -> None:
+    from swell._targets import deployment_targets
+    from swell.config import RuntimeEnv
+    from swell.exceptions import ConfigError
+
+    own = {"runtime_env": {"env_vars": {"B": "deployment", "C": "3"}, "working_dir": "/w"}}
+    app = swell.deployment(Model).options(ray_actor_options=own).bind(1)
+    app_env = RuntimeEnv(env_vars={"A": "1", "B": "application"}, working_dir="/app")
+    (target,) = deployment_targets(app, "default", runtime_env=app_env)
+    assert target.env_vars == {"A": "1", "B": "deployment", "C": "3"}
+    assert target.working_dir == "/w"
+    bad = swell.deployment(Model).options(ray_actor_options={"runtime_env": {"pip": ["x"]}})
+    with pytest.raises(ConfigError, match=r"deployment 'Model': ray_actor_options.runtime_env"):
+        deployment_targets(bad.bind(1), "default")
+
+
 def test_bound_deployment_is_frozen() -> None:
     node = BoundDeployment(swell.deployment(Model), ())
     with pytest.raises(AttributeError):

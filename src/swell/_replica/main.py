@@ -43,6 +43,7 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     from swell._dataplane.service import stop_server as stop_dataplane
     from swell._logging.access import LoggedDispatcher
     from swell._metrics.process import PROCESS
+    from swell._ray_env import run_sync_in_threadpool
     from swell._replica.fastapi_view import bind_routes_to_instance, resolve_ingress_app
     from swell._replica.http_server import HTTPServer, LifespanFailed
     from swell._replica.server import ReplicaASGI
@@ -60,7 +61,12 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
         target = loaded.func_or_class if isinstance(loaded, Deployment) else loaded
         ingress_app = resolve_ingress_app(getattr(target, "__swell_ingress_app__", None))
         is_class = isinstance(target, type)
-        user = UserCallable(target, is_class, spec.config.max_ongoing_requests)
+        user = UserCallable(
+            target,
+            is_class,
+            spec.config.max_ongoing_requests,
+            sync_in_threads=run_sync_in_threadpool(),  # Ray's switch, read where Ray reads it
+        )
         args, kwargs = cloudpickle.loads(spec.init_args)
         context = ReplicaContext(
             spec.app_name,

@@ -21,9 +21,13 @@ async def call_maybe_sync(
     **kwargs: Any,
 ) -> Any:
     """Await a coroutine function; run a plain one in a thread so the loop never blocks
-    (in a copy of this task's context, so the request context reaches it)."""
+    (in a copy of this task's context, so the request context reaches it), or, with no
+    ``executor`` (RAY_SERVE_RUN_SYNC_IN_THREADPOOL=0), right here on the loop."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
+    if executor is None:
+        result = fn(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
     # Executor threads do not inherit the caller's context: the request context (request
     # id, model id) goes along in a copy.
     call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
@@ -82,7 +86,11 @@ class UserCallable:
     """
 
     def __init__(
-        self, func_or_class: Callable[..., Any], is_class: bool, max_ongoing: int = 5
+        self,
+        func_or_class: Callable[..., Any],
+        is_class: bool,
+        max_ongoing: int = 5,
+        sync_in_threads: bool = True,
     ) -> None:
         self._func_or_class = func_or_class
         self._is_class = is_class
@@ -93,6 +101,9 @@ class UserCallable:
         self._work = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(4, max_ongoing), thread_name_prefix="swell-user"
         )
+        # RAY_SERVE_RUN_SYNC_IN_THREADPOOL=0: plain def methods (requests, handle calls,
+        # generators) run on the loop; the constructor and the hooks stay in threads.
+        self._requests: concurrent.futures.Executor | None = self._work if sync_in_threads else None
         self._hooks = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="swell-hooks"
         )
@@ -171,7 +182,7 @@ class UserCallable:
         if is_async:
             result = await fn(*args, **kwargs)
         else:
-            result = await call_maybe_sync(self._work, fn, *args, **kwargs)
+            result = await call_maybe_sync(self._requests, fn, *args, **kwargs)
         if inspect.isasyncgen(result) or inspect.isgenerator(result):
             raise TypeError(
                 f"method {method!r} returned a generator; call it with "
@@ -210,6 +221,9 @@ class UserCallable:
         if inspect.isasyncgen(result):
             async for item in result:
                 yield item
+        elif inspect.isgenerator(result) and self._requests is None:
+            for item in result:
+                yield item
         elif inspect.isgenerator(result):
             loop = asyncio.get_running_loop()
             done = object()
@@ -234,4 +248,4 @@ class UserCallable:
         args = (request,) if self._entry_takes_request else ()
         if self._entry_is_async:
             return await self._entry(*args)
-        return await call_maybe_sync(self._work, self._entry, *args)
+        return await call_maybe_sync(self._requests, self._entry, *args)
