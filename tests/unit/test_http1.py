@@ -278,7 +278,14 @@ def test_an_upgrade_the_server_does_not_speak_is_served_as_http_then_closed(upgr
 
 @pytest.mark.parametrize(
     "fault",
-    ["raises", "returns early", "bad header", "body before start", "raises mid-stream"],
+    [
+        "raises",
+        "returns early",
+        "bad header",
+        "body before start",
+        "raises after start",
+        "raises mid-stream",
+    ],
 )
 def test_an_app_fault_gets_a_500_or_an_ended_connection_never_a_hang(fault: str) -> None:
     async def faulty(scope: Message, receive: Any, send: Any) -> None:
@@ -291,6 +298,9 @@ def test_an_app_fault_gets_a_500_or_an_ended_connection_never_a_hang(fault: str)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
         if fault == "body before start":
             await send({"type": "http.response.body", "body": b"x"})
+        if fault == "raises after start":  # nothing has left yet: a clean 500 still can
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise ValueError("boom")
         if fault == "raises mid-stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"partial", "more_body": True})

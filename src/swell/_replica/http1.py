@@ -257,10 +257,12 @@ class RequestCycle:
         self._conn.cycle_done(self, self._keep_alive)
 
     def fail(self) -> None:
-        """The app raised or returned early: a 500 if nothing was sent, else end the connection."""
+        """The app raised or returned early: a 500 if nothing was sent (a held head is dropped:
+        it never left), else end the connection."""
         if self.response_complete or self.disconnected:
             return
-        if not self.response_started:
+        if not self.response_started or self._head is not None:
+            self._head = None
             body = b"Internal Server Error"
             self._conn.write(
                 _STATUS_LINES[500] + b"content-type: text/plain; charset=utf-8\r\n"
