@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from swell._ingress.haproxy_config import (
     BackendEntry,
@@ -305,3 +306,28 @@ def ceiling_server(
         for proc in reversed(procs):  # HAProxy first, then the replicas
             stop_process(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def ray_serve_process(script: Path) -> Iterator[tuple[dict[str, Any], int]]:
+    """Run one of the Ray Serve launchers (``_rayserve_*.py PORT``): it prints one JSON line
+    once it serves and serves until its standard input closes. Yields (that line, its pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(free_port())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"Ray Serve did not start (exit {proc.wait(60)})")
+        yield json.loads(line), proc.pid
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from bench._common import (  # noqa: E402
     WrkResult,
     ceiling_server,
     check_body,
-    free_port,
+    ray_serve_process,
 )
 from bench.apps import (  # noqa: E402
     STREAM_CHUNKS,
@@ -265,28 +264,11 @@ def _ray_serve(enabled: bool) -> Iterator[tuple[dict[str, str], Processes | None
         yield {}, None
         return
     script = Path(__file__).resolve().parent / "_rayserve_local.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(free_port())],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"Ray Serve did not start (exit {proc.wait(60)})")
-        urls: dict[str, str] = json.loads(line)["urls"]
+    with ray_serve_process(script) as (started, pid):
+        urls: dict[str, str] = started["urls"]
         for workload, url in urls.items():
             check_body(url, stream_body() if workload.startswith("stream") else EXPECTED_BODY)
-        yield urls, Processes({pid: "ray" for pid in descendants(proc.pid) | {proc.pid}})
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield urls, Processes({p: "ray" for p in descendants(pid) | {pid}})
 
 
 def main() -> int:

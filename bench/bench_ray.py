@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from bench._common import (  # noqa: E402
     free_port,
     measure,
     parse_wrk,
+    ray_serve_process,
     run_wrk,
     wait_for_200,
 )
@@ -263,27 +263,9 @@ def ray_swell() -> Iterator[dict[str, str]]:
 def ray_serve_ha() -> Iterator[dict[str, str]]:
     """Ray Serve in HA mode on the same cluster shape, in its own process."""
     script = Path(__file__).resolve().parent / "_rayserve_cluster.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(free_port())],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"Ray Serve did not start (exit {proc.wait(60)})")
-        started = json.loads(line)
+    with ray_serve_process(script) as (started, _):
         FIRST_200["rayserve"] = started["deploy_to_first_200_s"]
         yield started["urls"]
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def has_ray_serve() -> bool:
