@@ -184,6 +184,20 @@ def _cpu(runs: list[Run]) -> str:
     return f"**{total:.3f}** ({', '.join(parts)})"
 
 
+def _ratios(runs: list[Run], against: list[Run]) -> list[float]:
+    """req/s of each run over the run it was paired with in the same round."""
+    return [
+        a.wrk.requests_per_s / b.wrk.requests_per_s if b.wrk.requests_per_s else 0.0
+        for a, b in zip(runs, against, strict=True)
+    ]
+
+
+def _latency(runs: list[Run]) -> str:
+    p50 = statistics.median(r.wrk.p50_ms for r in runs)
+    p99 = statistics.median(r.wrk.p99_ms for r in runs)
+    return f"{p50:.2f} / {p99:.2f}"
+
+
 def ray_table(levels: list[Level]) -> str:
     """swell against Ray Serve HA, measured in the same rounds (``--ray-serve``)."""
     lines = [
@@ -194,16 +208,12 @@ def ray_table(levels: list[Level]) -> str:
     for level in levels:
         if not level.rayserve:
             continue
-        ratios = [
-            s.wrk.requests_per_s / r.wrk.requests_per_s if r.wrk.requests_per_s else 0.0
-            for s, r in zip(level.swell, level.rayserve, strict=True)
-        ]
-        p50 = statistics.median(r.wrk.p50_ms for r in level.rayserve)
-        p99 = statistics.median(r.wrk.p99_ms for r in level.rayserve)
+        ratios = _ratios(level.swell, level.rayserve)
         cpu = statistics.mean(r.cpu_ms["total"] for r in level.rayserve)
         lines.append(
             f"| {level.workload} | {level.concurrency} | {_rates(level.rayserve)} "
-            f"| {' / '.join(f'{r:.1f}' for r in ratios)} | {p50:.2f} / {p99:.2f} | {cpu:.3f} |"
+            f"| {' / '.join(f'{r:.1f}' for r in ratios)} | {_latency(level.rayserve)} "
+            f"| {cpu:.3f} |"
         )
     return "\n".join(lines)
 
@@ -215,21 +225,12 @@ def table(levels: list[Level]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for level in levels:
-        ratios = [
-            s.wrk.requests_per_s / c.wrk.requests_per_s if c.wrk.requests_per_s else 0.0
-            for c, s in zip(level.ceiling, level.swell, strict=True)
-        ]
-
-        def latency(runs: list[Run]) -> str:
-            p50 = statistics.median(r.wrk.p50_ms for r in runs)
-            p99 = statistics.median(r.wrk.p99_ms for r in runs)
-            return f"{p50:.2f} / {p99:.2f}"
-
+        ratios = _ratios(level.swell, level.ceiling)
         errors = sum(r.wrk.errors for r in level.ceiling + level.swell)
         lines.append(
             f"| {level.workload} | {level.concurrency} | {_rates(level.ceiling)} "
             f"| {_rates(level.swell)} | {' / '.join(f'{r:.2f}' for r in ratios)} "
-            f"| {latency(level.ceiling)} | {latency(level.swell)} | {_cpu(level.swell)} "
+            f"| {_latency(level.ceiling)} | {_latency(level.swell)} | {_cpu(level.swell)} "
             f"| {_cpu(level.ceiling)} | {errors} |"
         )
     return "\n".join(lines)
