@@ -22,7 +22,7 @@ async def _serve(host: str, port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     server = HTTPServer(keep_alive_s=20)
-    await server.start([(sock, app)])
+    await server.start([(sock, app, False)])
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.begin_shutdown)

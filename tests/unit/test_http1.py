@@ -33,7 +33,7 @@ async def serving(
     sock = _bound()
     port = sock.getsockname()[1]
     server = HTTPServer(keep_alive_s=keep_alive_s, lifespan_app=lifespan)
-    await server.start([(sock, app)])
+    await server.start([(sock, app, False)])
     stopped = asyncio.ensure_future(server.serve_until_shutdown(DEADLINE_S))
     try:
         yield port, server
@@ -378,7 +378,7 @@ def test_shutdown_lets_the_request_in_hand_finish_and_closes_idle_connections() 
         sock = _bound()
         port = sock.getsockname()[1]
         server = HTTPServer(keep_alive_s=20)
-        await server.start([(sock, slow)])
+        await server.start([(sock, slow, False)])
         stopped = asyncio.ensure_future(server.serve_until_shutdown(DEADLINE_S))
         idle_reader, idle_writer = await _connect(port)
         idle_writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -430,6 +430,6 @@ def test_lifespan_state_reaches_requests_and_a_failed_startup_says_why() -> None
         assert events == ["shutdown"]
         server = HTTPServer(keep_alive_s=20, lifespan_app=lifespan_app(True))
         with pytest.raises(LifespanFailed, match="no model file"):
-            await server.start([(_bound(), uses_state)])
+            await server.start([(_bound(), uses_state, False)])
 
     run(main)

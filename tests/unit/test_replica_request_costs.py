@@ -73,7 +73,6 @@ def _count_timers_and_header_passes() -> None:
         user = UserCallable(_Hello, True, 10)
         await user.construct((), {})
         app = ReplicaASGI(user, None, None, "token")
-        app.control_port = 1
         app.slow = SlowRequests(after_s=3600.0)  # none gets slow, however loaded the machine
         loop = asyncio.get_running_loop()
         timers = 0

@@ -282,9 +282,10 @@ class RequestCycle:
 class H1Connection(asyncio.Protocol):
     """Parses requests off one connection and runs each in its own task, one at a time."""
 
-    def __init__(self, state: ServerState, app: Callable[..., Any]) -> None:
+    def __init__(self, state: ServerState, app: Callable[..., Any], websockets: bool) -> None:
         self._state = state
         self._app = app
+        self._websockets = websockets  # upgrades go to ``app`` too
         self.loop = state.loop
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -339,7 +340,7 @@ class H1Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             if self._upgrade:
-                self._state.upgrade_to_websocket(self, data)
+                self._state.upgrade_to_websocket(self, self._app)
                 return
             # Not an upgrade swell speaks (h2c, say): served as HTTP/1.1, then the connection
             # ends, since what follows the head is in the other protocol.
@@ -403,7 +404,7 @@ class H1Connection(asyncio.Protocol):
         method = parser.get_method().decode("ascii")
         expect_continue = False
         if parser.should_upgrade():
-            self._upgrade = self._state.websockets_allowed and _is_websocket(self._headers)
+            self._upgrade = self._websockets and _is_websocket(self._headers)
             if self._upgrade:
                 return
         for name, value in self._headers:

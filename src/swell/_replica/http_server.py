@@ -29,26 +29,21 @@ class LifespanFailed(Exception):
 class ServerState:
     """What every connection of one server shares."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, websocket_app: Any | None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.connections: set[H1Connection] = set()
         self.app_state: dict[str, Any] = {}
-        self._websocket_app = websocket_app
-        self._ws_config: Any = None
+        self._ws_configs: dict[int, Any] = {}  # uvicorn's Config per WebSocket app, by id
         self._ws_state: Any = None
 
-    @property
-    def websockets_allowed(self) -> bool:
-        return self._websocket_app is not None
-
-    def upgrade_to_websocket(self, conn: H1Connection, data: bytes) -> None:
+    def upgrade_to_websocket(self, conn: H1Connection, app: Any) -> None:
         """Hand the connection to uvicorn's WebSocket protocol, replaying the request's head."""
         import uvicorn
         from uvicorn.server import ServerState as UvicornState
 
-        if self._ws_config is None:
-            app: Any = self._websocket_app
-            self._ws_config = uvicorn.Config(
+        config: Any = self._ws_configs.get(id(app))
+        if config is None:
+            config = self._ws_configs[id(app)] = uvicorn.Config(
                 app,
                 ws="websockets",
                 lifespan="off",
@@ -57,13 +52,14 @@ class ServerState:
                 server_header=False,
                 date_header=False,
             )
-            self._ws_config.load()
+            config.load()
+        if self._ws_state is None:
             self._ws_state = UvicornState()
         self.connections.discard(conn)
         transport = conn.transport
         assert transport is not None
-        protocol = self._ws_config.ws_protocol_class(
-            config=self._ws_config, server_state=self._ws_state, app_state=self.app_state
+        protocol = config.ws_protocol_class(
+            config=config, server_state=self._ws_state, app_state=self.app_state
         )
         protocol.connection_made(transport)
         protocol.data_received(conn.raw_request_head())
@@ -151,30 +147,31 @@ class HTTPServer:
         keep_alive_s: float,
         ssl_context: ssl.SSLContext | None = None,
         lifespan_app: Callable[..., Any] | None = None,
-        websocket_app: Any | None = None,
     ) -> None:
         self._keep_alive_s = keep_alive_s
         self._ssl = ssl_context
         self._lifespan_app = lifespan_app
-        self._websocket_app = websocket_app
         self._servers: list[asyncio.AbstractServer] = []
         self._state: ServerState | None = None
         self._lifespan: Lifespan | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
 
-    async def start(self, apps: list[tuple[socket.socket, Callable[..., Any]]]) -> None:
-        """Run lifespan startup (raises LifespanFailed), then listen on every socket."""
+    async def start(self, listeners: list[tuple[socket.socket, Callable[..., Any], bool]]) -> None:
+        """Run lifespan startup (raises LifespanFailed), then listen on every socket, each
+        with its app and whether that app also takes WebSocket upgrades."""
         loop = asyncio.get_running_loop()
-        state = self._state = ServerState(loop, self._websocket_app)
+        state = self._state = ServerState(loop)
         if self._lifespan_app is not None:
             self._lifespan = Lifespan(self._lifespan_app, state.app_state)
             await self._lifespan.startup()
-        for sock, app in apps:
+        for sock, app, websockets in listeners:
             sock.setblocking(False)
 
-            def factory(app: Callable[..., Any] = app) -> H1Connection:
-                return H1Connection(state, app)
+            def factory(
+                app: Callable[..., Any] = app, websockets: bool = websockets
+            ) -> H1Connection:
+                return H1Connection(state, app, websockets)
 
             server = await loop.create_server(factory, sock=sock, ssl=self._ssl, backlog=2048)
             self._servers.append(server)

@@ -134,7 +134,7 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
     user_socket = _listen(spec.host)
     control_socket = _listen(spec.host)
     port = user_socket.getsockname()[1]
-    app.control_port = control_socket.getsockname()[1]
+    control_port = control_socket.getsockname()[1]
     server = HTTPServer(
         # Longer than HAProxy keeps idle pooled connections (pool-purge-delay 5s), so
         # HAProxy always closes them first.
@@ -142,7 +142,6 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
         # --tls-cert: the user port (HAProxy's hop) and the control port speak TLS.
         ssl_context=tls.server_context() if tls else None,
         lifespan_app=ingress_app,
-        websocket_app=app if ingress_app is not None else None,
     )
     loop = asyncio.get_running_loop()
 
@@ -160,7 +159,13 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
 
     try:
         await asyncio.wait_for(
-            server.start([(user_socket, app), (control_socket, app.control)]),
+            server.start(
+                [
+                    # WebSockets reach an ingress app's routes; the control port takes none.
+                    (user_socket, app, ingress_app is not None),
+                    (control_socket, app.control, False),
+                ]
+            ),
             _SERVER_START_DEADLINE_S,
         )
     except LifespanFailed as error:
@@ -186,7 +191,7 @@ async def _serve(spec: Any, events_fd: int, access: Any) -> int:
             "port": port,
             "pid": os.getpid(),
             "data_port": data_port,
-            "control_port": app.control_port,
+            "control_port": control_port,
             "grpc_port": grpc_ingress.port if grpc_ingress is not None else None,
         },
     )

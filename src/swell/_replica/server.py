@@ -1,7 +1,8 @@
-"""The replica's ASGI app: user requests on the user port, control paths on the control port.
+"""The replica's ASGI app for user requests, and the control app beside it.
 
-One uvicorn server listens on both sockets; a request is routed by the port it arrived on, so
-the user port never answers a control path, however the path is spelled.
+The replica's server serves ``ReplicaASGI`` on the user port and ``ReplicaASGI.control`` on
+the control port (see ``main.py``), so the user port never answers a control path, however
+the path is spelled. The ingress app's lifespan is run by the server itself.
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ class ReplicaASGI:
         # after a moment get a watcher task, so fast requests never pay for one (nor for a
         # timer of their own).
         self.slow = SlowRequests(_WATCH_DISCONNECT_AFTER_S)
-        self.control_port: int | None = None
         self.control = ControlEndpoints(user, self, token, lambda: self.ongoing)
 
     @property
@@ -85,14 +85,6 @@ class ReplicaASGI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
-            if self._ingress_app is not None:
-                await self._ingress_app(scope, receive, send)
-            return
-        server = scope.get("server")
-        if server is not None and server[1] == self.control_port:
-            await self.control(scope, receive, send)
-            return
         # The three headers swell reads, in one pass over the list (not one pass each).
         request_id = prefix = None
         for name, value in scope.get("headers", ()):
